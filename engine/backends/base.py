@@ -1,0 +1,129 @@
+"""What a model backend offers the Realtime session.
+
+The contract is speech-first so that an end-to-end omni model (audio in, audio out) fits as naturally
+as the embedded cascade (VAD → ASR → LLM → TTS):
+- a `Listener` hears one user utterance *while it is spoken* (the cascade transcribes as it goes; an
+  omni model can encode audio as it arrives);
+- `reply()` streams `TextDelta` and `SpeechChunk` outputs for the conversation so far, and stops at the
+  next step when its consumer cancels it;
+- every turn carries its text *and* its audio and images, so each backend takes what it understands.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class WordTiming:
+    text: str
+    start_ms: float  # relative to the start of the chunk's audio
+    end_ms: float
+
+
+@dataclass(frozen=True)
+class ScreenImage:
+    data: bytes  # encoded PNG/JPEG as the client sent it
+    text: str | None = None  # text read from it, when the backend reads screens as text
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One conversation item as a model sees it: only what was said and heard."""
+
+    role: str  # user | assistant | system
+    text: str
+    audio: np.ndarray | None = None  # user speech, int16 mono 24 kHz, for backends that hear audio
+    images: tuple[ScreenImage, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReplyRequest:
+    instructions: str
+    turns: tuple[Turn, ...]
+    speak: bool = True
+    voice: str = "default"
+    speed: float = 1.0
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class SpeechChunk:
+    """Reply audio (float32 mono 24 kHz) and the text it speaks, with word timings when known."""
+
+    audio: np.ndarray
+    text: str
+    words: tuple[WordTiming, ...] = ()
+
+
+@dataclass
+class ReplyStats:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    prefill_tok_s: float = 0.0
+    decode_tok_s: float = 0.0
+    first_audio_ms: float | None = None  # from the start of reply() to the first SpeechChunk
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+ReplyOutput = TextDelta | SpeechChunk
+
+
+class Listener(ABC):
+    """One user utterance, fed as it arrives; `transcript()` may be awaited more than once."""
+
+    @abstractmethod
+    def feed(self, audio: np.ndarray) -> None:
+        """Audio float32 mono 24 kHz. Must return at once: it runs on the network loop."""
+
+    @abstractmethod
+    async def transcript(self) -> str:
+        """What was said in all audio fed so far."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class BackendSession(ABC):
+    """Per-connection model state (e.g. a KV-cache slot). Methods are called from the asyncio loop."""
+
+    @abstractmethod
+    def listen(self, context: ReplyRequest, on_partial: Callable[[str], None] | None = None) -> Listener:
+        """Start hearing a user utterance; `context` is the conversation before it (for pre-warming)."""
+
+    @abstractmethod
+    async def read_screen(self, image: bytes) -> ScreenImage:
+        """Prepare a screenshot as soon as it arrives (the cascade reads its text). Raises ValueError
+        with a readable message for an image it cannot use."""
+
+    @abstractmethod
+    def reply(self, request: ReplyRequest, stats: ReplyStats | None = None) -> AsyncIterator[ReplyOutput]:
+        """Stream the reply. Closing the iterator (or cancelling its consumer) stops generation."""
+
+    def close(self) -> None:
+        pass
+
+
+class Backend(ABC):
+    name: str = "backend"
+    model: str = "unknown"  # what session.created reports
+
+    @abstractmethod
+    def open_session(self) -> BackendSession: ...
+
+    def warm_up(self) -> None:
+        """Run every model once so the first real turn is not slow."""
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,289 @@
+"""The embedded default: a streaming cascade of small local models that install from PyPI alone.
+
+Whisper tiny.en hears the user while they speak; a Qwen2.5 GGUF (llama.cpp) writes the reply with its
+KV cache kept per conversation and pre-filled with the partial transcript; Piper speaks it phrase by
+phrase as the tokens arrive; a fast OCR pass reads screenshots the moment they arrive.
+Three threads run one reply: the LLM decoding, Piper speaking the previous phrase, and the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.backends.base import (
+    Backend,
+    BackendSession,
+    Listener,
+    ReplyOutput,
+    ReplyRequest,
+    ReplyStats,
+    ScreenImage,
+    SpeechChunk,
+    TextDelta,
+    WordTiming,
+)
+from engine.llm.chat_model import ChatModel
+from engine.llm.prompt import build_messages
+from engine.models.store import ModelStore
+from engine.runtime import inference_threads
+from engine.speech.asr import UtteranceTranscriber, WhisperAsr
+from engine.speech.phrases import PhraseSplitter
+from engine.speech.tts import PiperTts
+from engine.vision.screen_reader import ScreenReader
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LLM = "qwen2.5-coder-0.5b-instruct"
+REPLY_TOKEN_CAP = 320  # a spoken answer; longer ones are cut rather than monologued
+CONTEXT_TOKENS = 4096
+
+
+@dataclass(frozen=True)
+class EmbeddedSettings:
+    llm: str = DEFAULT_LLM
+    asr: str = "whisper-tiny.en"
+    voice: str = "piper-joe-medium"
+    ocr: str = "ppocr-v6-small"
+    threads: int = 0  # 0 = cores - 1
+    temperature: float = 0.3
+    seed: int | None = None
+    slots: int = 4
+
+
+class EmbeddedBackend(Backend):
+    name = "embedded"
+
+    def __init__(self, settings: EmbeddedSettings = EmbeddedSettings(), store: ModelStore | None = None):
+        store = store or ModelStore()
+        threads = settings.threads or inference_threads()
+        self.settings = settings
+        self.model = f"confide-embedded/{settings.llm}"
+        started = time.monotonic()
+        paths = {key: store.resolve(model_id) for key, model_id in
+                 (("asr", settings.asr), ("llm", settings.llm), ("tts", settings.voice), ("ocr", settings.ocr))}
+        # Loading is mostly file I/O and graph setup: overlap it.
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            asr = pool.submit(WhisperAsr, paths["asr"].directory, threads)
+            llm = pool.submit(ChatModel, paths["llm"].file(), threads, CONTEXT_TOKENS, settings.slots)
+            tts = pool.submit(PiperTts, paths["tts"].file(paths["tts"].spec.files[0].name), threads)
+            ocr = pool.submit(ScreenReader, paths["ocr"], threads)
+            self.asr, self.llm, self.tts, self.screen_reader = asr.result(), llm.result(), tts.result(), ocr.result()
+        self.load_seconds = time.monotonic() - started
+        # Work that must not run on the event loop: one small pool, so bursts queue instead of thrashing.
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="embedded")
+        log.info("embedded backend ready in %.1f s (%d threads per model)", self.load_seconds, threads)
+
+    def warm_up(self) -> None:
+        self.tts.warm_up()
+        self.asr.transcribe(np.zeros(16_000, np.float32))
+        self.screen_reader.warm_up()
+
+    def open_session(self) -> EmbeddedSession:
+        return EmbeddedSession(self)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run_blocking(self, function: Callable, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+
+class EmbeddedSession(BackendSession):
+    def __init__(self, backend: EmbeddedBackend):
+        self.backend = backend
+        self.slot = backend.llm.claim_slot()
+        self._prefill = _Prefiller(backend.llm, self.slot)
+
+    def listen(self, context: ReplyRequest, on_partial: Callable[[str], None] | None = None) -> Listener:
+        return _CascadeListener(self, context, on_partial)
+
+    async def read_screen(self, image: bytes) -> ScreenImage:
+        from engine.vision.screen_reader import ScreenImageError
+
+        try:
+            screen = await self.backend.run_blocking(self.backend.screen_reader.read, image)
+        except ScreenImageError as error:
+            raise ValueError(str(error)) from error
+        return ScreenImage(image, screen.text)
+
+    def messages(self, request: ReplyRequest) -> list[dict]:
+        return build_messages(request, CONTEXT_TOKENS, self._reply_tokens(request))
+
+    @staticmethod
+    def _reply_tokens(request: ReplyRequest) -> int:
+        return min(request.max_output_tokens or REPLY_TOKEN_CAP, REPLY_TOKEN_CAP)
+
+    async def reply(self, request: ReplyRequest, stats: ReplyStats | None = None) -> AsyncIterator[ReplyOutput]:
+        stats = stats or ReplyStats()
+        last = request.turns[-1] if request.turns else None
+        if last is not None and last.role == "user" and not last.text.strip() and not last.images:
+            return  # nothing intelligible was said: stay quiet rather than answer noise
+        self._prefill.cancel_pending()
+        run = _ReplyThreads(self, request, stats, asyncio.get_running_loop())
+        try:
+            async for output in run.outputs():
+                yield output
+        finally:
+            run.stop()
+
+    def close(self) -> None:
+        self._prefill.cancel_pending()
+
+
+class _ReplyThreads:
+    """LLM tokens → phrases → Piper audio, on two threads, delivered to the event loop."""
+
+    _END = object()
+
+    def __init__(self, session: EmbeddedSession, request: ReplyRequest, stats: ReplyStats,
+                 loop: asyncio.AbstractEventLoop):
+        self.session, self.request, self.stats, self.loop = session, request, stats, loop
+        self.started = time.monotonic()
+        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.phrases: queue.Queue = queue.Queue()
+        self.stopped = threading.Event()
+        threading.Thread(target=self._generate, name="reply-llm", daemon=True).start()
+        if request.speak:
+            threading.Thread(target=self._speak, name="reply-tts", daemon=True).start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.phrases.put(None)
+
+    async def outputs(self) -> AsyncIterator[ReplyOutput]:
+        while True:
+            output = await self.outbox.get()
+            if output is self._END:
+                return
+            if isinstance(output, BaseException):
+                raise output
+            yield output
+
+    def _deliver(self, output) -> None:
+        self.loop.call_soon_threadsafe(self.outbox.put_nowait, output)
+
+    def _generate(self) -> None:
+        backend = self.session.backend
+        splitter = PhraseSplitter()
+
+        def on_text(fragment: str) -> None:
+            if self.request.speak:
+                for phrase in splitter.push(fragment):
+                    self.phrases.put(phrase)
+            else:
+                self._deliver(TextDelta(fragment))
+
+        try:
+            result = backend.llm.stream(
+                self.session.messages(self.request),
+                slot=self.session.slot,
+                on_text=on_text,
+                should_stop=self.stopped.is_set,
+                max_tokens=self.session._reply_tokens(self.request),
+                temperature=self.request.temperature if self.request.temperature is not None
+                else backend.settings.temperature,
+                seed=backend.settings.seed,
+            )
+            self.stats.prompt_tokens, self.stats.cached_tokens = result.prompt_tokens, result.cached_tokens
+            self.stats.output_tokens = result.output_tokens
+            self.stats.prefill_tok_s, self.stats.decode_tok_s = result.prefill_tok_s, result.decode_tok_s
+            if self.request.speak and not self.stopped.is_set():
+                for phrase in splitter.flush():
+                    self.phrases.put(phrase)
+        except Exception as error:  # reported to the session as a failed response
+            log.exception("generation failed")
+            self._deliver(error)
+        finally:
+            if self.request.speak:
+                self.phrases.put(None)
+            else:
+                self._deliver(self._END)
+
+    def _speak(self) -> None:
+        tts = self.session.backend.tts
+        try:
+            while not self.stopped.is_set():
+                phrase = self.phrases.get()
+                if phrase is None or self.stopped.is_set():
+                    break
+                spoken = tts.synthesize(phrase, speed=self.request.speed)
+                if self.stats.first_audio_ms is None:
+                    self.stats.first_audio_ms = (time.monotonic() - self.started) * 1000
+                words = tuple(WordTiming(w.text, w.start_ms, w.end_ms) for w in spoken.words)
+                self._deliver(SpeechChunk(spoken.audio, spoken.text, words))
+        except Exception as error:
+            log.exception("speech synthesis failed")
+            self._deliver(error)
+        finally:
+            self._deliver(self._END)
+
+
+class _CascadeListener(Listener):
+    """Transcribes while the user speaks, and pre-fills the LLM with each new partial transcript."""
+
+    def __init__(self, session: EmbeddedSession, context: ReplyRequest,
+                 on_partial: Callable[[str], None] | None):
+        self._session = session
+        self._context = context
+        self._on_partial = on_partial
+        self._transcriber = UtteranceTranscriber(session.backend.asr, on_partial=self._partial)
+        session._prefill.request(session.messages(context))  # history and instructions: cached before the words
+
+    def _partial(self, text: str) -> None:
+        if self._on_partial:
+            self._on_partial(text)
+        from engine.backends.base import Turn
+
+        turns = (*self._context.turns, Turn("user", text))
+        request = ReplyRequest(self._context.instructions, turns)
+        self._session._prefill.request(self._session.messages(request))
+
+    def feed(self, audio: np.ndarray) -> None:
+        self._transcriber.feed(audio)
+
+    async def transcript(self) -> str:
+        return await self._session.backend.run_blocking(self._transcriber.transcript)
+
+    def close(self) -> None:
+        self._transcriber.close()
+
+
+class _Prefiller:
+    """Keeps one conversation's KV slot warm in the background; only the newest request matters."""
+
+    def __init__(self, llm: ChatModel, slot: int):
+        self._llm, self._slot = llm, slot
+        self._latest: list[dict] | None = None
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def request(self, messages: list[dict]) -> None:
+        with self._wake:
+            self._latest = messages
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="prefill", daemon=True)
+                self._thread.start()
+
+    def cancel_pending(self) -> None:
+        with self._wake:
+            self._latest = None
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                messages, self._latest = self._latest, None
+            if messages is None:
+                return
+            try:
+                self._llm.prefill(messages, slot=self._slot)
+            except Exception:
+                log.exception("prefill failed (harmless: the reply will prefill instead)")

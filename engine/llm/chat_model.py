@@ -1,0 +1,150 @@
+"""A GGUF chat model run in-process by llama.cpp's server core (xllamacpp), tokens streamed.
+
+Each conversation pins one KV-cache slot, and every request sets `cache_prompt`, so a new turn only
+prefills the tokens that differ from the slot's previous prompt (llama.cpp keeps the common prefix).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class GenerationError(RuntimeError):
+    pass
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0  # tokens prefilled for this request (not counting the reused cache)
+    cached_tokens: int = 0  # prompt tokens reused from the slot's cache
+    prompt_ms: float = 0.0
+    output_tokens: int = 0
+    decode_ms: float = 0.0
+    stopped: bool = False  # the caller asked to stop
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prompt_tokens / self.prompt_ms * 1000 if self.prompt_ms > 0 else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        return self.output_tokens / self.decode_ms * 1000 if self.decode_ms > 0 else 0.0
+
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
+
+
+class ChatModel:
+    def __init__(
+        self,
+        gguf_path: Path,
+        threads: int,
+        context_tokens: int = 4096,
+        slots: int = 4,
+        batch_threads: int | None = None,
+    ):
+        import xllamacpp
+
+        params = xllamacpp.CommonParams()
+        params.model.path = str(gguf_path)
+        params.n_parallel = slots
+        params.n_ctx = context_tokens * slots  # llama.cpp splits the context between the slots
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = batch_threads or threads
+        params.warmup = True
+        started = time.monotonic()
+        self._server = xllamacpp.Server(params)
+        self.load_seconds = time.monotonic() - started
+        self.path = Path(gguf_path)
+        self.context_tokens = context_tokens
+        self._slot_ids = itertools.cycle(range(slots))
+        self._slot_lock = threading.Lock()
+        log.info("loaded %s in %.1f s (%d slots, %d threads)", self.path.name, self.load_seconds, slots, threads)
+
+    def claim_slot(self) -> int:
+        """A KV slot for one conversation. With more conversations than slots they share (still correct)."""
+        with self._slot_lock:
+            return next(self._slot_ids)
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        slot: int,
+        on_text: Callable[[str], None],
+        should_stop: Callable[[], bool],
+        max_tokens: int = 256,
+        temperature: float = 0.3,
+        seed: int | None = None,
+    ) -> GenerationStats:
+        """Generate a reply, calling `on_text` with each text fragment; blocks until done or stopped.
+
+        `should_stop` is polled after every token, so a cancel takes effect within one decode step.
+        """
+        stats = GenerationStats()
+        errors: list[str] = []
+
+        def on_chunk(chunk: dict) -> bool:
+            if "error" in chunk or chunk.get("code"):
+                errors.append(str(chunk.get("error") or chunk.get("message") or chunk))
+                return True
+            for choice in chunk.get("choices", ()):
+                fragment = (choice.get("delta") or {}).get("content")
+                if fragment:
+                    on_text(fragment)
+            timings = chunk.get("timings")
+            if timings:
+                stats.prompt_tokens = int(timings.get("prompt_n") or 0)
+                stats.cached_tokens = int(timings.get("cache_n") or 0)
+                stats.prompt_ms = float(timings.get("prompt_ms") or 0.0)
+                stats.output_tokens = int(timings.get("predicted_n") or 0)
+                stats.decode_ms = float(timings.get("predicted_ms") or 0.0)
+            if should_stop():
+                stats.stopped = True
+                return True
+            return False
+
+        request = self._request(messages, slot, max_tokens, temperature, seed)
+        request["stream"] = True
+        request["timings_per_token"] = True
+        self._server.handle_chat_completions(request, on_chunk)
+        if errors and not stats.stopped:
+            raise GenerationError(errors[0])
+        return stats
+
+    def prefill(self, messages: Sequence[Message], *, slot: int) -> GenerationStats:
+        """Bring the slot's KV cache up to `messages` (plus the assistant header) without replying.
+
+        Used while the user is still talking, so the final request only prefills what changed.
+        """
+        reply = self._server.handle_chat_completions(self._request(messages, slot, 0, 0.0, 0))
+        if "error" in reply:
+            raise GenerationError(str(reply["error"]))
+        timings = reply.get("timings") or {}
+        return GenerationStats(
+            prompt_tokens=int(timings.get("prompt_n") or 0),
+            cached_tokens=int(timings.get("cache_n") or 0),
+            prompt_ms=float(timings.get("prompt_ms") or 0.0),
+        )
+
+    @staticmethod
+    def _request(messages, slot, max_tokens, temperature, seed) -> dict:
+        request = {
+            "messages": list(messages),
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": 0.9,
+            "cache_prompt": True,
+            "id_slot": slot,
+        }
+        if seed is not None:
+            request["seed"] = seed
+        return request

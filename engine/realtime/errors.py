@@ -1,0 +1,38 @@
+"""Protocol errors with stable codes a client program can match on.
+
+Every malformed or out-of-order client event becomes one `error` event; the session keeps going.
+"""
+
+from __future__ import annotations
+
+
+class ProtocolError(Exception):
+    """A client event that cannot be carried out. Sent as `error {type, code, message, param, event_id}`."""
+
+    def __init__(self, code: str, message: str, *, param: str | None = None, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+        self.kind = kind
+
+
+# Stable codes (kept in one place so clients and tests agree).
+INVALID_JSON = "invalid_json"
+INVALID_EVENT = "invalid_event"
+UNKNOWN_EVENT_TYPE = "unknown_event_type"
+MISSING_FIELD = "missing_required_parameter"
+INVALID_VALUE = "invalid_value"
+INVALID_AUDIO = "invalid_audio"
+EVENT_TOO_LARGE = "event_too_large"
+AUDIO_BUFFER_FULL = "input_audio_buffer_full"
+COMMIT_EMPTY = "input_audio_buffer_commit_empty"
+RESPONSE_ACTIVE = "conversation_already_has_active_response"
+CANCEL_NOT_ACTIVE = "response_cancel_not_active"
+ITEM_NOT_FOUND = "item_not_found"
+DUPLICATE_ITEM_ID = "duplicate_item_id"
+AUDIO_END_TOO_LARGE = "audio_end_ms_out_of_range"
+INVALID_IMAGE = "invalid_image"
+UNSUPPORTED = "unsupported_feature"
+MODEL_FAILURE = "model_failure"
+SERVER_ERROR = "server_error"

@@ -1,0 +1,71 @@
+"""`confide-engine serve`: run the Realtime server until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from engine.realtime.auth import default_token_path, load_or_create_token
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8765
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("serve", help="serve the OpenAI Realtime protocol on local models")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: loopback only; anything else exposes your "
+                             "microphone's words to the network, so it also needs --token or a token file)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free)")
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument("--token", help="bearer token clients must present")
+    token.add_argument("--token-file", type=Path,
+                       help=f"file holding the token, created (mode 0600) if missing (default {default_token_path()})")
+    parser.add_argument("--backend", default="embedded", help="model backend (default: embedded)")
+    parser.add_argument("--llm", help="language model id for the embedded backend (see `models list`)")
+    parser.add_argument("--allow-origin", action="append", default=[],
+                        help="a browser origin allowed to connect (repeatable; default: none)")
+    parser.add_argument("--seed", type=int, help="sampling seed, for reproducible replies")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    token = args.token or load_or_create_token(args.token_file)
+    try:
+        return asyncio.run(_serve(args, token))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _serve(args: argparse.Namespace, token: str) -> int:
+    from engine.assembly import build_engine
+    from engine.models.store import ModelUnavailable
+    from engine.realtime.server import REALTIME_PATH, RealtimeServer
+
+    try:
+        engine = await asyncio.to_thread(build_engine, args.backend, args.llm, True, None, args.seed)
+    except (ModelUnavailable, ValueError) as error:
+        print(f"confide-engine: {error}", file=sys.stderr)
+        return 1
+    server = RealtimeServer(engine.backend, engine.detector_factory, token, args.allow_origin)
+    port = await server.start(args.host, args.port)
+    url = f"ws://{args.host}:{port}{REALTIME_PATH}"
+    # One machine-readable line on stdout: supervisors (the app, the benchmark) wait for it.
+    print(json.dumps({"event": "ready", "url": url, "model": engine.backend.model,
+                      "load_seconds": round(engine.load_seconds, 2)}), flush=True)
+    log.info("serving %s on %s (token from %s)", engine.backend.model, url,
+             "--token" if args.token else (args.token_file or default_token_path()))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop()
+    engine.backend.close()
+    return 0
