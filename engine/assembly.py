@@ -23,8 +23,8 @@ class Engine:
     load_seconds: float
 
 
-def detector_factory(store: ModelStore) -> DetectorFactory:
-    vad = SileroVadModel(store.resolve("silero-vad").file())
+def detector_factory(store: ModelStore, vad: SileroVadModel | None = None) -> DetectorFactory:
+    vad = vad or SileroVadModel(store.resolve("silero-vad").file())
 
     def make(settings: TurnDetection) -> TurnDetector:
         return TurnDetector(vad, ServerVadSettings(
@@ -45,8 +45,9 @@ def build_engine(backend_name: str = "embedded", llm: str | None = None, warm_up
     from engine.backends.embedded import EmbeddedBackend, EmbeddedSettings
 
     settings = EmbeddedSettings(seed=seed) if llm is None else EmbeddedSettings(llm=llm, seed=seed)
-    backend = EmbeddedBackend(settings, store)
+    vad = SileroVadModel(store.resolve("silero-vad").file())  # one model, shared by every stream
+    backend = EmbeddedBackend(settings, store, vad)
     if warm_up:
         backend.warm_up()
-    factory = detector_factory(store)
+    factory = detector_factory(store, vad)
     return Engine(backend, factory, time.monotonic() - started)

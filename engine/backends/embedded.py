@@ -29,6 +29,7 @@ from engine.backends.base import (
     ScreenImage,
     SpeechChunk,
     TextDelta,
+    Turn,
     WordTiming,
 )
 from engine.llm.chat_model import ChatModel
@@ -38,6 +39,8 @@ from engine.runtime import inference_threads
 from engine.speech.asr import UtteranceTranscriber, WhisperAsr
 from engine.speech.phrases import PhraseSplitter
 from engine.speech.tts import PiperTts
+from engine.turns.vad import SileroVadModel
+from engine.vision.screen_image import ScreenImageError
 from engine.vision.screen_reader import ScreenReader
 
 log = logging.getLogger(__name__)
@@ -62,8 +65,10 @@ class EmbeddedSettings:
 class EmbeddedBackend(Backend):
     name = "embedded"
 
-    def __init__(self, settings: EmbeddedSettings = EmbeddedSettings(), store: ModelStore | None = None):
+    def __init__(self, settings: EmbeddedSettings = EmbeddedSettings(), store: ModelStore | None = None,
+                 vad: SileroVadModel | None = None):
         store = store or ModelStore()
+        vad = vad or SileroVadModel(store.resolve("silero-vad").file())
         threads = settings.threads or inference_threads()
         self.settings = settings
         self.model = f"confide-embedded/{settings.llm}"
@@ -72,10 +77,10 @@ class EmbeddedBackend(Backend):
                  (("asr", settings.asr), ("llm", settings.llm), ("tts", settings.voice), ("ocr", settings.ocr))}
         # Loading is mostly file I/O and graph setup: overlap it.
         with ThreadPoolExecutor(max_workers=4) as pool:
-            asr = pool.submit(WhisperAsr, paths["asr"].directory, threads)
+            asr = pool.submit(WhisperAsr, paths["asr"].directory, threads, vad=vad)
             llm = pool.submit(ChatModel, paths["llm"].file(), threads, CONTEXT_TOKENS, settings.slots)
             tts = pool.submit(PiperTts, paths["tts"].file(paths["tts"].spec.files[0].name), threads)
-            ocr = pool.submit(ScreenReader, paths["ocr"], threads)
+            ocr = pool.submit(ScreenReader, paths["ocr"], threads)  # loads its models on warm_up
             self.asr, self.llm, self.tts, self.screen_reader = asr.result(), llm.result(), tts.result(), ocr.result()
         self.load_seconds = time.monotonic() - started
         # Work that must not run on the event loop: one small pool, so bursts queue instead of thrashing.
@@ -84,7 +89,7 @@ class EmbeddedBackend(Backend):
 
     def warm_up(self) -> None:
         self.tts.warm_up()
-        self.asr.transcribe(np.zeros(16_000, np.float32))
+        self.asr.warm_up()
         self.screen_reader.warm_up()
 
     def open_session(self) -> EmbeddedSession:
@@ -107,8 +112,6 @@ class EmbeddedSession(BackendSession):
         return _CascadeListener(self, context, on_partial)
 
     async def read_screen(self, image: bytes) -> ScreenImage:
-        from engine.vision.screen_reader import ScreenImageError
-
         try:
             screen = await self.backend.run_blocking(self.backend.screen_reader.read, image)
         except ScreenImageError as error:
@@ -215,7 +218,7 @@ class _ReplyThreads:
                 phrase = self.phrases.get()
                 if phrase is None or self.stopped.is_set():
                     break
-                spoken = tts.synthesize(phrase, speed=self.request.speed)
+                spoken = tts.synthesize(phrase, self.request.speed)
                 if self.stats.first_audio_ms is None:
                     self.stats.first_audio_ms = (time.monotonic() - self.started) * 1000
                 words = tuple(WordTiming(w.text, w.start_ms, w.end_ms) for w in spoken.words)
@@ -241,8 +244,6 @@ class _CascadeListener(Listener):
     def _partial(self, text: str) -> None:
         if self._on_partial:
             self._on_partial(text)
-        from engine.backends.base import Turn
-
         turns = (*self._context.turns, Turn("user", text))
         request = ReplyRequest(self._context.instructions, turns)
         self._session._prefill.request(self._session.messages(request))
@@ -254,7 +255,8 @@ class _CascadeListener(Listener):
         return await self._session.backend.run_blocking(self._transcriber.transcript)
 
     def close(self) -> None:
-        self._transcriber.close()
+        # Closing joins the ASR worker (up to one model step): never on the network loop.
+        threading.Thread(target=self._transcriber.close, name="asr-close", daemon=True).start()
 
 
 class _Prefiller:

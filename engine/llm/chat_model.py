@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import secrets
+import shutil
+import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +47,28 @@ class GenerationStats:
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 
 
+@dataclass
+class Completion:
+    text: str
+    stats: GenerationStats
+
+
+def _close_http_side(params) -> str:
+    """xllamacpp always starts llama.cpp's HTTP server beside the in-process API; by default that is a
+    TCP port on loopback with no key and CORS open to every origin, which would let any local process
+    or web page read the conversation (/slots) or use the model. Bind it to a Unix socket in a private
+    0700 folder instead, require a random key nobody is told, and turn off the endpoints that leak."""
+    folder = tempfile.mkdtemp(prefix="confide-llm-")
+    os.chmod(folder, 0o700)
+    params.hostnames = [os.path.join(folder, "llm.sock")]
+    params.api_keys = [secrets.token_hex(32)]
+    params.cors_origins = ""
+    params.endpoint_slots = False
+    params.endpoint_props = False
+    params.endpoint_metrics = False
+    return folder
+
+
 class ChatModel:
     def __init__(
         self,
@@ -60,8 +87,11 @@ class ChatModel:
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = batch_threads or threads
         params.warmup = True
+        params.verbosity = 1  # warnings and errors only; llama.cpp's info lines would flood the log
+        socket_folder = _close_http_side(params)
         started = time.monotonic()
         self._server = xllamacpp.Server(params)
+        weakref.finalize(self, shutil.rmtree, socket_folder, True)
         self.load_seconds = time.monotonic() - started
         self.path = Path(gguf_path)
         self.context_tokens = context_tokens
@@ -134,6 +164,22 @@ class ChatModel:
             cached_tokens=int(timings.get("cache_n") or 0),
             prompt_ms=float(timings.get("prompt_ms") or 0.0),
         )
+
+    def complete_uncached(self, messages: Sequence[Message], *, max_tokens: int = 256, slot: int = 0) -> Completion:
+        """The whole reply at once, prefilling the whole prompt: how a non-streaming pipeline runs."""
+        request = self._request(messages, slot, max_tokens, 0.0, 0)
+        request["cache_prompt"] = False
+        reply = self._server.handle_chat_completions(request)
+        if "error" in reply:
+            raise GenerationError(str(reply["error"]))
+        timings = reply.get("timings") or {}
+        stats = GenerationStats(
+            prompt_tokens=int(timings.get("prompt_n") or 0),
+            prompt_ms=float(timings.get("prompt_ms") or 0.0),
+            output_tokens=int(timings.get("predicted_n") or 0),
+            decode_ms=float(timings.get("predicted_ms") or 0.0),
+        )
+        return Completion(reply["choices"][0]["message"].get("content") or "", stats)
 
     @staticmethod
     def _request(messages, slot, max_tokens, temperature, seed) -> dict:
