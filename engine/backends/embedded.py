@@ -255,8 +255,7 @@ class _CascadeListener(Listener):
         return await self._session.backend.run_blocking(self._transcriber.transcript)
 
     def close(self) -> None:
-        # Closing joins the ASR worker (up to one model step): never on the network loop.
-        threading.Thread(target=self._transcriber.close, name="asr-close", daemon=True).start()
+        self._transcriber.close()  # returns at once; the worker drops its pass at the next step
 
 
 class _Prefiller:
