@@ -98,6 +98,10 @@ class Listener(ABC):
 class BackendSession(ABC):
     """Per-connection model state (e.g. a KV-cache slot). Methods are called from the asyncio loop."""
 
+    def prepare(self, context: ReplyRequest) -> None:
+        """The conversation so far, whenever it changed outside a reply (session opened, instructions
+        updated): a backend may pre-compute it so the next turn starts sooner. Must return at once."""
+
     @abstractmethod
     def listen(self, context: ReplyRequest, on_partial: Callable[[str], None] | None = None) -> Listener:
         """Start hearing a user utterance; `context` is the conversation before it (for pre-warming)."""

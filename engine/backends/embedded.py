@@ -108,6 +108,9 @@ class EmbeddedSession(BackendSession):
         self.slot = backend.llm.claim_slot()
         self._prefill = _Prefiller(backend.llm, self.slot)
 
+    def prepare(self, context: ReplyRequest) -> None:
+        self._prefill.request(self.messages(context))  # e.g. the system prompt, before anyone speaks
+
     def listen(self, context: ReplyRequest, on_partial: Callable[[str], None] | None = None) -> Listener:
         return _CascadeListener(self, context, on_partial)
 

@@ -97,6 +97,7 @@ class RealtimeSession:
         self._loop = asyncio.get_running_loop()
         self._reset_detector()
         self.emit("session.created", session=self._session_object())
+        self._backend.prepare(self._request())
 
     # --- plumbing -----------------------------------------------------------------------------------
 
@@ -146,6 +147,8 @@ class RealtimeSession:
             self.beta = True
         if self.config.turn_detection != previous.turn_detection:
             self._reset_detector()
+        if self.config.instructions != previous.instructions:
+            self._backend.prepare(self._request())
         self.emit("session.updated", session=self._session_object())
 
     def _reset_detector(self) -> None:

@@ -16,6 +16,9 @@ from typing import Any
 from engine.audio.pcm import PROTOCOL_RATE
 from engine.realtime import errors
 from engine.realtime.errors import ProtocolError
+from engine.turns.detector import ServerVadSettings
+
+_VAD_DEFAULTS = ServerVadSettings()
 
 DEFAULT_INSTRUCTIONS = (
     "You are Confide, a warm and helpful voice assistant running privately on the user's own computer. "
@@ -26,11 +29,12 @@ DEFAULT_INSTRUCTIONS = (
 
 @dataclass
 class TurnDetection:
-    """server_vad settings; the silence window is short because every millisecond of it is latency."""
+    """server_vad settings; the silence window is short because every millisecond of it is latency
+    (engine/turns/detector.py says how the default was measured)."""
 
-    threshold: float = 0.5
-    prefix_padding_ms: int = 300
-    silence_duration_ms: int = 400
+    threshold: float = _VAD_DEFAULTS.threshold
+    prefix_padding_ms: int = _VAD_DEFAULTS.prefix_padding_ms
+    silence_duration_ms: int = _VAD_DEFAULTS.silence_duration_ms
     create_response: bool = True
     interrupt_response: bool = True
     kind: str = "server_vad"  # or "semantic_vad", served by the same detector with an eagerness-based window
@@ -155,7 +159,7 @@ def _apply_audio(updated: SessionConfig, previous: SessionConfig, audio: dict[st
             updated.speed = _number(audio_out["speed"], "session.audio.output.speed", 0.25, 4.0)
 
 
-_SEMANTIC_WINDOWS_MS = {"low": 800, "medium": 500, "auto": 400, "high": 300}
+_SEMANTIC_WINDOWS_MS = {"low": 800, "medium": 500, "auto": _VAD_DEFAULTS.silence_duration_ms, "high": 320}
 
 
 def _turn_detection(value: Any, previous: TurnDetection | None, param: str) -> TurnDetection | None:
