@@ -85,6 +85,7 @@ class EmbeddedBackend(Backend):
         self.load_seconds = time.monotonic() - started
         # Work that must not run on the event loop: one small pool, so bursts queue instead of thrashing.
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="embedded")
+        self.workers = _Workers()
         log.info("embedded backend ready in %.1f s (%d threads per model)", self.load_seconds, threads)
 
     def warm_up(self) -> None:
@@ -96,7 +97,13 @@ class EmbeddedBackend(Backend):
         return EmbeddedSession(self)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop every model thread and free the models. Blocks (briefly): call it off the event loop.
+
+        A model call cannot be interrupted mid-step, and tearing the LLM down under one crashes the
+        process, so running calls are asked to stop and waited for first."""
+        self.workers.stop_all()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.llm.close()
 
     async def run_blocking(self, function: Callable, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
@@ -106,7 +113,7 @@ class EmbeddedSession(BackendSession):
     def __init__(self, backend: EmbeddedBackend):
         self.backend = backend
         self.slot = backend.llm.claim_slot()
-        self._prefill = _Prefiller(backend.llm, self.slot)
+        self._prefill = _Prefiller(backend.llm, self.slot, backend.workers)
 
     def prepare(self, context: ReplyRequest) -> None:
         self._prefill.request(self.messages(context))  # e.g. the system prompt, before anyone speaks
@@ -157,9 +164,10 @@ class _ReplyThreads:
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.phrases: queue.Queue = queue.Queue()
         self.stopped = threading.Event()
-        threading.Thread(target=self._generate, name="reply-llm", daemon=True).start()
+        workers = session.backend.workers
+        workers.start(self._generate, "reply-llm", self.stop)
         if request.speak:
-            threading.Thread(target=self._speak, name="reply-tts", daemon=True).start()
+            workers.start(self._speak, "reply-tts", self.stop)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -261,11 +269,45 @@ class _CascadeListener(Listener):
         self._transcriber.close()  # returns at once; the worker drops its pass at the next step
 
 
+class _Workers:
+    """The model threads alive right now, so shutdown can stop them and wait before freeing models."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[threading.Thread, Callable[[], None]] = {}
+        self.closed = False
+
+    def start(self, target: Callable[[], None], name: str, stop: Callable[[], None]) -> threading.Thread | None:
+        def run() -> None:
+            try:
+                target()
+            finally:
+                with self._lock:
+                    self._running.pop(thread, None)
+
+        with self._lock:
+            if self.closed:
+                return None
+            thread = threading.Thread(target=run, name=name, daemon=True)
+            self._running[thread] = stop
+            thread.start()
+        return thread
+
+    def stop_all(self, timeout_s: float = 20.0) -> None:
+        with self._lock:
+            self.closed = True
+            running = dict(self._running)
+        for stop in running.values():
+            stop()
+        for thread in running:
+            thread.join(timeout_s)
+
+
 class _Prefiller:
     """Keeps one conversation's KV slot warm in the background; only the newest request matters."""
 
-    def __init__(self, llm: ChatModel, slot: int):
-        self._llm, self._slot = llm, slot
+    def __init__(self, llm: ChatModel, slot: int, workers: _Workers):
+        self._llm, self._slot, self._workers = llm, slot, workers
         self._latest: list[dict] | None = None
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -274,8 +316,7 @@ class _Prefiller:
         with self._wake:
             self._latest = messages
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="prefill", daemon=True)
-                self._thread.start()
+                self._thread = self._workers.start(self._run, "prefill", self.cancel_pending)
 
     def cancel_pending(self) -> None:
         with self._wake:

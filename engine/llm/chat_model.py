@@ -99,6 +99,11 @@ class ChatModel:
         self._slot_lock = threading.Lock()
         log.info("loaded %s in %.1f s (%d slots, %d threads)", self.path.name, self.load_seconds, slots, threads)
 
+    def close(self) -> None:
+        """Free the model. Only once no request is running: llama.cpp crashes if freed under one."""
+        server, self._server = self._server, None
+        del server
+
     def claim_slot(self) -> int:
         """A KV slot for one conversation. With more conversations than slots they share (still correct)."""
         with self._slot_lock:

@@ -67,5 +67,5 @@ async def _serve(args: argparse.Namespace, token: str) -> int:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await server.stop()
-    engine.backend.close()
+    await asyncio.to_thread(engine.backend.close)
     return 0

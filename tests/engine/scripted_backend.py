@@ -57,8 +57,10 @@ class ScriptedSession(BackendSession):
 
     async def reply(self, request: ReplyRequest, stats: ReplyStats | None = None) -> AsyncIterator[ReplyOutput]:
         self.backend.requests.append(request)
-        for phrase in self.backend.phrases:
+        for index, phrase in enumerate(self.backend.phrases):
             await asyncio.sleep(self.backend.step_s)  # a model step: where a cancel lands
+            if index == self.backend.fail_at_step:
+                raise RuntimeError("the model ran out of memory")
             self.backend.steps_run += 1
             yield tone_chunk(phrase) if request.speak else TextDelta(phrase + " ")
 
@@ -74,6 +76,7 @@ class ScriptedBackend(Backend):
         self.step_s = step_s
         self.requests: list[ReplyRequest] = []
         self.steps_run = 0
+        self.fail_at_step: int | None = None
 
     def open_session(self) -> BackendSession:
         return ScriptedSession(self)

@@ -256,6 +256,19 @@ async def test_truncate_keeps_only_the_heard_words_and_the_next_turn_sees_that(c
     assert context[-2].role == "assistant" and context[-2].text == "Hello there. This"
 
 
+async def test_a_model_failure_fails_the_response_not_the_session(client, served):
+    backend, _, _ = served
+    backend.fail_at_step = 1
+    events = await ask_text(client, "hello")
+    error = next(e for e in events if e["type"] == "error")
+    assert error["error"]["code"] == "model_failure" and "out of memory" in error["error"]["message"]
+    done = events[-1]["response"]
+    assert done["status"] == "failed" and done["status_details"]["error"]["code"] == "model_failure"
+    assert done["output"][0]["content"][0]["transcript"] == backend.phrases[0]  # what was said stays said
+    backend.fail_at_step = None
+    assert (await ask_text(client, "again"))[-1]["response"]["status"] == "completed"
+
+
 async def test_truncate_past_the_audio_is_an_error(client):
     events = await ask_text(client, "tell me")
     item_id = next(e for e in events if e["type"] == "response.output_item.added")["item"]["id"]
