@@ -11,6 +11,7 @@ as the embedded cascade (VAD → ASR → LLM → TTS):
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -73,8 +74,15 @@ class ReplyStats:
     output_tokens: int = 0
     prefill_tok_s: float = 0.0
     decode_tok_s: float = 0.0
-    first_audio_ms: float | None = None  # from the start of reply() to the first SpeechChunk
-    extra: dict[str, float] = field(default_factory=dict)
+    marks: dict[str, float] = field(default_factory=dict)  # stage -> time.monotonic(), first time reached
+
+    def mark(self, stage: str) -> None:
+        """Note when a stage was first reached (any thread): the latency trace of one reply."""
+        self.marks.setdefault(stage, time.monotonic())
+
+    def trace(self, since: float) -> str:
+        return " ".join(f"{stage}=+{(at - since) * 1000:.0f}ms"
+                        for stage, at in sorted(self.marks.items(), key=lambda kv: kv[1]))
 
 
 ReplyOutput = TextDelta | SpeechChunk

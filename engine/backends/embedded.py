@@ -190,6 +190,7 @@ class _ReplyThreads:
         splitter = PhraseSplitter()
 
         def on_text(fragment: str) -> None:
+            self.stats.mark("first_token")
             if self.request.speak:
                 for phrase in splitter.push(fragment):
                     self.phrases.put(phrase)
@@ -197,6 +198,7 @@ class _ReplyThreads:
                 self._deliver(TextDelta(fragment))
 
         try:
+            self.stats.mark("llm_request")
             result = backend.llm.stream(
                 self.session.messages(self.request),
                 slot=self.session.slot,
@@ -229,9 +231,9 @@ class _ReplyThreads:
                 phrase = self.phrases.get()
                 if phrase is None or self.stopped.is_set():
                     break
+                self.stats.mark("first_phrase")
                 spoken = tts.synthesize(phrase, self.request.speed)
-                if self.stats.first_audio_ms is None:
-                    self.stats.first_audio_ms = (time.monotonic() - self.started) * 1000
+                self.stats.mark("first_audio")
                 words = tuple(WordTiming(w.text, w.start_ms, w.end_ms) for w in spoken.words)
                 self._deliver(SpeechChunk(spoken.audio, spoken.text, words))
         except Exception as error:
@@ -249,7 +251,10 @@ class _CascadeListener(Listener):
         self._session = session
         self._context = context
         self._on_partial = on_partial
-        self._transcriber = UtteranceTranscriber(session.backend.asr, on_partial=self._partial)
+        # Frequent partials keep the LLM cache close behind the speaker: at the end of the turn only the
+        # last word or two and the reply header are left to prefill (~30 ms a token at this batch size).
+        self._transcriber = UtteranceTranscriber(session.backend.asr, on_partial=self._partial,
+                                                 partial_interval_s=0.3)
         session._prefill.request(session.messages(context))  # history and instructions: cached before the words
 
     def _partial(self, text: str) -> None:
@@ -329,6 +334,9 @@ class _Prefiller:
             if messages is None:
                 return
             try:
-                self._llm.prefill(messages, slot=self._slot)
+                started = time.monotonic()
+                stats = self._llm.prefill(messages, slot=self._slot)
+                log.debug("prefill of %d tokens (%d cached) took %.0f ms", stats.prompt_tokens, stats.cached_tokens,
+                          (time.monotonic() - started) * 1000)
             except Exception:
                 log.exception("prefill failed (harmless: the reply will prefill instead)")

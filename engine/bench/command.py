@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import os
+from pathlib import Path
 
 from engine.bench.stats import p50, p95
 
@@ -30,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--silence-ms", type=int, default=None,
                         help="server_vad silence window to ask for (default: the engine's)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the per-model figures and the baseline")
+    parser.add_argument("--engine-log", type=Path, help="write the engine's log here (per-reply latency traces)")
     parser.set_defaults(func=run)
 
 
@@ -61,7 +63,7 @@ async def _measure(args: argparse.Namespace) -> dict:
     del prompt_voice
     silence_ms = args.silence_ms or TurnDetection().silence_duration_ms
 
-    engine = EngineProcess(["--llm", args.llm] if args.llm else [])
+    engine = EngineProcess(["--llm", args.llm] if args.llm else [], log_path=args.engine_log)
     try:
         turns, cancels = [], []
         async with RealtimeProbe(engine.url, engine.token, args.silence_ms) as probe:
@@ -71,7 +73,9 @@ async def _measure(args: argparse.Namespace) -> dict:
         async with RealtimeProbe(engine.url, engine.token) as probe:
             for index in range(args.cancels):
                 listen_s = 0.2 + 0.1 * (index % 5)  # interrupt at different points of the reply
-                cancels.append(await probe.interrupted_reply(LONG_REQUESTS[index % len(LONG_REQUESTS)], listen_s))
+                timing = await probe.interrupted_reply(LONG_REQUESTS[index % len(LONG_REQUESTS)], listen_s)
+                if timing is not None:
+                    cancels.append(timing)
         peak_rss = engine.peak_rss_mb()
     finally:
         engine.stop()
@@ -81,6 +85,8 @@ async def _measure(args: argparse.Namespace) -> dict:
         "eos_to_first_audio_ms_p50": p50(first_audio),
         "eos_to_first_audio_ms_p95": p95(first_audio),
         "eos_to_speech_stopped_ms_p50": p50([t.eos_to_speech_stopped_ms for t in turns]),
+        "reply_stall_ms_p50": p50([t.stall_ms for t in turns]),
+        "reply_stall_ms_p95": p95([t.stall_ms for t in turns]),
         "cancel_to_last_delta_ms_p50": p50([c.cancel_to_last_delta_ms for c in cancels]),
         "cancel_to_last_delta_ms_p95": p95([c.cancel_to_last_delta_ms for c in cancels]),
         "cancel_to_done_ms_p50": p50([c.cancel_to_done_ms for c in cancels]),

@@ -29,6 +29,10 @@ class TurnTiming:
     eos_to_speech_stopped_ms: float | None = None
     eos_to_first_audio_ms: float | None = None
     reply_audio_s: float = 0.0
+    # Playing from the first delta on, how long the speaker would have waited for audio not yet arrived:
+    # a reply that starts early but stutters is not fast.
+    stall_ms: float = 0.0
+
 
 
 @dataclass
@@ -132,6 +136,7 @@ class RealtimeProbe:
             done.set()
             stream_started = await mic
         eos = stream_started + speech_end / PROTOCOL_RATE
+        playhead = 0.0
         for stamp, event in self.listener.events[since:]:
             kind = event["type"]
             if kind == "input_audio_buffer.speech_stopped" and timing.eos_to_speech_stopped_ms is None:
@@ -139,16 +144,23 @@ class RealtimeProbe:
             elif kind == "conversation.item.input_audio_transcription.completed":
                 timing.heard = event["transcript"]
             elif kind in AUDIO_DELTAS and event.get("response_id") == response_id:
+                seconds = len(base64.b64decode(event["delta"])) / 2 / PROTOCOL_RATE
                 if timing.eos_to_first_audio_ms is None:
                     timing.eos_to_first_audio_ms = round((stamp - eos) * 1000, 1)
-                timing.reply_audio_s += len(base64.b64decode(event["delta"])) / 2 / PROTOCOL_RATE
+                    playhead = stamp  # when everything received so far will have been played
+                if stamp > playhead:
+                    timing.stall_ms += (stamp - playhead) * 1000
+                    playhead = stamp
+                playhead += seconds
+                timing.reply_audio_s += seconds
             elif kind in ("response.output_audio_transcript.done", "response.audio_transcript.done") \
                     and event.get("response_id") == response_id:
                 timing.answer = event["transcript"]
         return timing
 
-    async def interrupted_reply(self, request: str, listen_s: float) -> CancelTiming:
-        """Ask for a long reply, let it play for `listen_s`, cancel, and time the last delta that still came."""
+    async def interrupted_reply(self, request: str, listen_s: float) -> CancelTiming | None:
+        """Ask for a long reply, let it play for `listen_s`, cancel, and time the last delta that still came.
+        None when the reply was over before the cancel left (nothing to measure)."""
         since = len(self.listener.events)
         await self._send({"type": "conversation.item.create", "item": {
             "type": "message", "role": "user", "content": [{"type": "input_text", "text": request}]}})
@@ -158,8 +170,10 @@ class RealtimeProbe:
         await asyncio.sleep(max(0.0, first_at + listen_s - time.monotonic()))
         cancelled_at = time.monotonic()
         await self._send({"type": "response.cancel", "response_id": response_id})
-        done_at, _ = await self.listener.wait_for(
+        done_at, done = await self.listener.wait_for(
             lambda e: e["type"] == "response.done" and e["response"]["id"] == response_id, since)
+        if done["response"]["status"] != "cancelled":
+            return None
         await asyncio.sleep(0.3)  # anything still in flight lands here and counts against us
         late = [stamp for stamp, event in self.listener.events[since:]
                 if event.get("response_id") == response_id and event["type"].endswith(".delta") and stamp > cancelled_at]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
 import sys
@@ -12,12 +11,13 @@ from pathlib import Path
 
 
 class EngineProcess:
-    def __init__(self, extra_args: list[str], ready_timeout_s: float = 180.0):
+    def __init__(self, extra_args: list[str], ready_timeout_s: float = 180.0, log_path: Path | None = None):
         self.token = secrets.token_urlsafe(16)
+        self._log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 (closed in stop)
         started = time.monotonic()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "engine", "serve", "--port", "0", "--token", self.token, *extra_args],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
+            stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL, text=True,
             cwd=Path(__file__).resolve().parents[2],
         )
         ready = self._wait_ready(ready_timeout_s)
@@ -58,5 +58,7 @@ class EngineProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if os.name == "posix" and self.process.stdout:
+        if self.process.stdout:
             self.process.stdout.close()
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()

@@ -35,6 +35,7 @@ class ReplyRun:
     async def _produce(self) -> None:
         try:
             request = await self._build_request()
+            self.stats.mark("request_ready")
             async for output in self._backend.reply(request, self.stats):
                 if self.first_output_at is None:
                     self.first_output_at = time.monotonic()

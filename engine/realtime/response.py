@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,8 @@ from engine.realtime import errors
 from engine.realtime.conversation import ContentPart, Conversation, Item, SpokenSegment, Word
 from engine.realtime.ids import new_id
 from engine.realtime.reply_run import ReplyFailed, ReplyRun
+
+log = logging.getLogger(__name__)
 
 DELTA_SAMPLES = PROTOCOL_RATE // 10  # 100 ms of audio per delta event
 
@@ -67,6 +70,7 @@ class Response:
                    item=self.item.to_protocol())
         self._emit("conversation.item.created", previous_item_id=previous, item=self.item.to_protocol())
         self._emit("response.content_part.added", **self._where(), part=self._part())
+        self.run.stats.mark("response_created")
         try:
             async for output in self.run.outputs():
                 if isinstance(output, SpeechChunk):
@@ -97,6 +101,7 @@ class Response:
         end_ms = start_ms + chunk.audio.size * 1000 / PROTOCOL_RATE
         words = tuple(Word(w.text, start_ms + w.start_ms, start_ms + w.end_ms) for w in chunk.words)
         self.item.segments.append(SpokenSegment(text.strip(), start_ms, end_ms, words))
+        self.run.stats.mark("first_audio_sent")
         pcm = float_to_pcm16(np.asarray(chunk.audio, dtype=np.float32))
         step = DELTA_SAMPLES * 2
         for offset in range(0, len(pcm), step):
@@ -137,6 +142,10 @@ class Response:
         self._emit("response.output_item.done", response_id=self.id, output_index=0, item=self.item.to_protocol())
         self._emit("conversation.item.done", item=self.item.to_protocol())
         self._emit("response.done", response=self._describe())
+        stats = self.run.stats
+        log.info("response %s %s: %s (prefilled %d tokens, %d cached; decoded %d at %.0f tok/s)", self.id,
+                 self.status, stats.trace(self.run.started_at), stats.prompt_tokens, stats.cached_tokens,
+                 stats.output_tokens, stats.decode_tok_s)
         self._on_finished(self)
 
     # --- shapes -------------------------------------------------------------------------------------

@@ -158,9 +158,11 @@ async def test_truncated_reply_leaves_only_the_heard_part_in_context(engine, cli
     kept = (await client.expect("conversation.item.retrieved"))["item"]["content"][0]["transcript"]
     assert kept and len(kept) < len(full) and full.startswith(kept.rstrip(",. ")), (kept, full)
     assert "ten" not in words(kept)
-    # The audio up to 1500 ms says what was kept: transcribing it gives those words.
+    # The audio up to 1500 ms says what was kept: every whole word in it was kept (the last kept word
+    # may be cut half-way, past recognition).
     heard_audio = audio_of(events)[: int(1.5 * PROTOCOL_RATE)]
-    assert set(words(kept)) <= set(words(transcribe(engine, heard_audio))) | {"one"}
+    recognised = set(words(transcribe(engine, heard_audio)))
+    assert set(words(kept)[:-1]) <= recognised, (kept, recognised)
     # The next turn's context holds only the heard part (watched on the real model's input).
     seen_messages = []
     real_stream = engine.backend.llm.stream
