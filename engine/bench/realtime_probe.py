@@ -164,7 +164,9 @@ class RealtimeProbe:
         since = len(self.listener.events)
         await self._send({"type": "conversation.item.create", "item": {
             "type": "message", "role": "user", "content": [{"type": "input_text", "text": request}]}})
-        await self._send({"type": "response.create"})
+        # The session asks for short spoken answers; this one must run long enough to be interrupted.
+        await self._send({"type": "response.create", "response": {
+            "instructions": "Answer at length: at least eight full sentences."}})
         first_at, first = await self.listener.wait_for(lambda e: e["type"] in AUDIO_DELTAS, since)
         response_id = first["response_id"]
         await asyncio.sleep(max(0.0, first_at + listen_s - time.monotonic()))
