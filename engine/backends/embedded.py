@@ -83,8 +83,9 @@ class EmbeddedBackend(Backend):
             ocr = pool.submit(ScreenReader, paths["ocr"], threads)  # loads its models on warm_up
             self.asr, self.llm, self.tts, self.screen_reader = asr.result(), llm.result(), tts.result(), ocr.result()
         self.load_seconds = time.monotonic() - started
-        # Work that must not run on the event loop: one small pool, so bursts queue instead of thrashing.
-        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="embedded")
+        # Screens are read one at a time (each takes a core for ~1 s): a burst queues instead of thrashing,
+        # and waiting for a transcript never queues behind a screenshot.
+        self._screen_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="screen-reader")
         self.workers = _Workers()
         log.info("embedded backend ready in %.1f s (%d threads per model)", self.load_seconds, threads)
 
@@ -102,11 +103,12 @@ class EmbeddedBackend(Backend):
         A model call cannot be interrupted mid-step, and tearing the LLM down under one crashes the
         process, so running calls are asked to stop and waited for first."""
         self.workers.stop_all()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._screen_executor.shutdown(wait=True, cancel_futures=True)
         self.llm.close()
 
-    async def run_blocking(self, function: Callable, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+    async def read_screen_text(self, image: bytes) -> str:
+        loop = asyncio.get_running_loop()
+        return (await loop.run_in_executor(self._screen_executor, self.screen_reader.read, image)).text
 
 
 class EmbeddedSession(BackendSession):
@@ -123,10 +125,9 @@ class EmbeddedSession(BackendSession):
 
     async def read_screen(self, image: bytes) -> ScreenImage:
         try:
-            screen = await self.backend.run_blocking(self.backend.screen_reader.read, image)
+            return ScreenImage(image, await self.backend.read_screen_text(image))
         except ScreenImageError as error:
             raise ValueError(str(error)) from error
-        return ScreenImage(image, screen.text)
 
     def messages(self, request: ReplyRequest) -> list[dict]:
         return build_messages(request, CONTEXT_TOKENS, self._reply_tokens(request))
@@ -268,7 +269,7 @@ class _CascadeListener(Listener):
         self._transcriber.feed(audio)
 
     async def transcript(self) -> str:
-        return await self._session.backend.run_blocking(self._transcriber.transcript)
+        return await asyncio.to_thread(self._transcriber.transcript)  # waits; the work is on the ASR thread
 
     def close(self) -> None:
         self._transcriber.close()  # returns at once; the worker drops its pass at the next step

@@ -63,6 +63,8 @@ class _Readiness:
     tasks: dict[str, list[asyncio.Task]] = field(default_factory=dict)
 
     def add(self, item_id: str, task: asyncio.Task) -> None:
+        self.tasks = {key: [t for t in tasks if not t.done()] for key, tasks in self.tasks.items()}
+        self.tasks = {key: tasks for key, tasks in self.tasks.items() if tasks}  # a long session keeps no history
         self.tasks.setdefault(item_id, []).append(task)
 
     async def wait_all(self) -> None:

@@ -53,10 +53,14 @@ def png_bytes() -> bytes:
     return buffer.getvalue()
 
 
-async def ask_text(client: RealtimeTestClient, text: str) -> list[dict]:
+async def start_reply(client: RealtimeTestClient, text: str) -> None:
     await client.send("conversation.item.create",
                       item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]})
     await client.send("response.create")
+
+
+async def ask_text(client: RealtimeTestClient, text: str) -> list[dict]:
+    await start_reply(client, text)
     return await client.collect_until("response.done")
 
 
@@ -224,9 +228,7 @@ async def test_text_only_modality(client):
 async def test_cancel_stops_deltas_at_once(client, served):
     backend, _, _ = served
     backend.step_s = 0.2
-    await client.send("conversation.item.create", item={"type": "message", "role": "user",
-                                                        "content": [{"type": "input_text", "text": "talk"}]})
-    await client.send("response.create")
+    await start_reply(client, "talk")
     first = await client.expect("response.output_audio.delta")
     await client.send("response.cancel", response_id=first["response_id"])
     after = await client.collect_until("response.done")
@@ -343,9 +345,7 @@ async def test_manual_commit_mode(client, served):
 async def test_speech_during_a_reply_interrupts_it(client, served):
     backend, _, _ = served
     backend.step_s = 0.3
-    await client.send("conversation.item.create", item={"type": "message", "role": "user",
-                                                        "content": [{"type": "input_text", "text": "talk"}]})
-    await client.send("response.create")
+    await start_reply(client, "talk")
     first = await client.expect("response.output_audio.delta")
     await client.append_audio(np.concatenate([say("Wait, stop please", "flite:awb"), np.zeros(4800, np.float32)]))
     await client.expect("input_audio_buffer.speech_started")
