@@ -161,14 +161,16 @@ class _ReplyThreads:
     def __init__(self, session: EmbeddedSession, request: ReplyRequest, stats: ReplyStats,
                  loop: asyncio.AbstractEventLoop):
         self.session, self.request, self.stats, self.loop = session, request, stats, loop
-        self.started = time.monotonic()
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.phrases: queue.Queue = queue.Queue()
         self.stopped = threading.Event()
         workers = session.backend.workers
-        workers.start(self._generate, "reply-llm", self.stop)
-        if request.speak:
-            workers.start(self._speak, "reply-tts", self.stop)
+        started = workers.start(self._generate, "reply-llm", self.stop)
+        if started and request.speak:
+            started = workers.start(self._speak, "reply-tts", self.stop)
+        if not started:
+            self.stop()
+            self.outbox.put_nowait(RuntimeError("the engine is shutting down"))
 
     def stop(self) -> None:
         self.stopped.set()
@@ -184,7 +186,10 @@ class _ReplyThreads:
             yield output
 
     def _deliver(self, output) -> None:
-        self.loop.call_soon_threadsafe(self.outbox.put_nowait, output)
+        try:
+            self.loop.call_soon_threadsafe(self.outbox.put_nowait, output)
+        except RuntimeError:  # the loop has closed: nobody is listening any more
+            self.stop()
 
     def _generate(self) -> None:
         backend = self.session.backend
