@@ -10,6 +10,9 @@ from engine.models.store import ModelStore
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# The X display must be up before any test creates the QApplication, whichever test runs first.
+pytest_plugins = ["tests.harness.display"]
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -32,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--allow-origin", action="append", default=[],
                         help="a browser origin allowed to connect (repeatable; default: none)")
     parser.add_argument("--seed", type=int, help="sampling seed, for reproducible replies")
+    parser.add_argument("--parent-pid", type=int,
+                        help="exit when this process ends (an app that supervises the engine passes its own PID, "
+                             "so a killed app never leaves the engine and its microphone access behind)")
     parser.set_defaults(func=run)
 
 
@@ -65,7 +69,22 @@ async def _serve(args: argparse.Namespace, token: str) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    if args.parent_pid:
+        loop.create_task(_stop_when_gone(args.parent_pid, stop))
     await stop.wait()
     await server.stop()
     await asyncio.to_thread(engine.backend.close)
     return 0
+
+
+async def _stop_when_gone(pid: int, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            log.info("parent process %d is gone: stopping", pid)
+            stop.set()
+            return
+        except PermissionError:
+            pass  # alive, owned by someone else
+        await asyncio.sleep(1.0)

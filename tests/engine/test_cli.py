@@ -81,3 +81,20 @@ def test_serve_reports_a_missing_model_clearly(tmp_path):
     if result.returncode == 0:
         pytest.fail("serve started without the model")
     assert "qwen2.5-coder-1.5b-instruct" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_serve_exits_when_its_parent_is_gone(tmp_path):
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    engine = subprocess.Popen(
+        [sys.executable, "-m", "engine", "serve", "--port", "0", "--token", "t", "--parent-pid", str(parent.pid),
+         "--llm", "smollm2-135m-instruct"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert json.loads(engine.stdout.readline())["event"] == "ready"
+        parent.kill()
+        parent.wait()
+        assert engine.wait(15) == 0  # a clean stop, within a couple of polls
+    finally:
+        if engine.poll() is None:
+            engine.kill()

@@ -1,0 +1,313 @@
+"""Confide's parts, wired together: engine link, devices, controller, tray, window and hotkeys.
+
+Threads: the GUI thread owns the widgets and the controller; the link, the supervisor, the microphone
+worker and the speaker call back on their own threads, and `_Bridge` carries those calls across as
+queued signals. Reply audio never crosses to the GUI: the link hands it straight to the speaker.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QCursor
+from PySide6.QtWidgets import QApplication
+
+from app.audio.capture import Microphone
+from app.audio.playback import Speaker
+from app.audio.voice_activity import VoiceActivity
+from app.controller import Controller, TalkSettings
+from app.engine_link import client as link_states
+from app.engine_link.client import RealtimeLink
+from app.engine_link.supervisor import EngineSupervisor
+from app.history import ConversationHistory, HistoryWriteError
+from app.hotkeys import GlobalHotkeys
+from app.mic_router import MicRouter
+from app.screen import ScreenCaptureError, capture_screen_at
+from app.session_setup import vad_threshold
+from app.settings import Settings, save_settings
+from app.ui.settings_dialog import SettingsDialog
+from app.ui.tray import TrayIcon
+from app.ui.window import MainWindow
+
+log = logging.getLogger(__name__)
+
+_AUDIO_DONE = ("response.output_audio.done", "response.audio.done", "response.done")
+
+
+class _Bridge(QObject):
+    """Signals emitted from worker threads and delivered on the GUI thread (Qt queues them)."""
+
+    event = Signal(object)
+    link_status = Signal(str, str)
+    engine_ready = Signal(str, str)
+    engine_status = Signal(str)
+    engine_crashed = Signal(int, str)
+    playback_started = Signal(str)
+    playback_drained = Signal(str)
+    barge_in = Signal(str, float)
+    mic_error = Signal(str)
+    speaker_error = Signal(str)
+    level = Signal(float)
+    message = Signal(str, bool)
+
+
+class _EngineAdapter:
+    """The controller's engine port on top of the link."""
+
+    def __init__(self, link: RealtimeLink):
+        self._link = link
+
+    def send(self, event: dict) -> bool:
+        return self._link.send(event)
+
+    def update_session(self, event: dict) -> None:
+        self._link.update_session(event)
+
+
+class _SavedHistory:
+    """The controller's history port: every change is saved off the GUI thread, in order."""
+
+    def __init__(self, history: ConversationHistory, on_error):
+        self._history = history
+        self._on_error = on_error
+        self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history")
+
+    def record(self, role, text, item_id, interrupted=False, had_screenshot=False) -> None:
+        self._history.record(role, text, item_id, interrupted=interrupted, had_screenshot=had_screenshot)
+        self._saver.submit(self._save)
+
+    def as_conversation_items(self) -> list[dict]:
+        return self._history.as_conversation_items()
+
+    def _save(self) -> None:
+        try:
+            self._history.save()
+        except HistoryWriteError as error:
+            self._on_error(f"The conversation could not be saved: {error}. The last saved copy is intact.", True)
+
+    def close(self) -> None:
+        self._saver.shutdown(wait=True)
+
+
+class ConfideApp(QObject):
+    def __init__(self, settings: Settings, history: ConversationHistory, engine_args: list[str] | None = None):
+        super().__init__()
+        self.settings = settings
+        self.history = history
+        self.bridge = _Bridge()
+        self._engine_args = engine_args or []
+        self._supervisor: EngineSupervisor | None = None
+
+        self.link = RealtimeLink(on_event=self._on_link_event, on_status=self.bridge.link_status.emit,
+                                 on_audio=self._on_link_audio)
+        self.speaker = Speaker(settings.audio.output_device, on_error=self.bridge.speaker_error.emit,
+                               on_started=self.bridge.playback_started.emit,
+                               on_drained=self.bridge.playback_drained.emit)
+        self.voice_activity = VoiceActivity(threshold=vad_threshold(settings.conversation.vad_sensitivity))
+        self.router = MicRouter(self.link.send_audio, self.voice_activity.feed, self.voice_activity.reset,
+                                self.speaker.cancel, self.bridge.barge_in.emit, self.bridge.level.emit)
+        self.microphone = Microphone(settings.audio.input_device, on_audio=self.router.on_audio,
+                                     on_error=self.bridge.mic_error.emit)
+        self._saved_history = _SavedHistory(history, self.bridge.message.emit)
+        conversation = settings.conversation
+        self.controller = Controller(
+            _EngineAdapter(self.link), self.speaker, self.router, self._saved_history,
+            TalkSettings(hands_free=conversation.hands_free, sensitivity=conversation.vad_sensitivity,
+                         silence_ms=conversation.silence_ms, voice=settings.voice.name, speed=settings.voice.speed))
+        self.window = MainWindow()
+        self.tray = TrayIcon(self.window)
+        self.hotkeys = GlobalHotkeys()
+        self._connect()
+
+    # --- start and stop --------------------------------------------------------------------------------
+
+    def start(self, warnings: list[str] = ()) -> None:
+        self.window.load_history([(t.role, t.text, t.interrupted) for t in self.history.turns])
+        self.window.set_hands_free(self.controller.hands_free)
+        for warning in warnings:
+            self.window.show_message(warning, error=True)
+        if self.tray.available:
+            self.tray.show()
+        else:
+            self.window.present()
+            self.window.show_message("No system tray was found: Confide stays in this window.", error=False)
+        self._start_hotkeys()
+        self.speaker.start()
+        if not self.microphone.start():
+            self.controller.microphone_failed(self.microphone.last_error or "No microphone was found.")
+        self._start_engine()
+
+    def shutdown(self) -> None:
+        self.hotkeys.stop()
+        self.microphone.stop()
+        self.speaker.stop()
+        self.link.close()
+        if self._supervisor:
+            self._supervisor.stop()
+        self._saved_history.close()
+        self.tray.dispose()
+
+    def _start_engine(self) -> None:
+        engine = self.settings.engine
+        if engine.url:
+            self.link.connect(engine.url, engine.token)
+            return
+        args = list(self._engine_args) + (["--llm", engine.llm] if engine.llm else [])
+        self._supervisor = EngineSupervisor(args, on_ready=self.bridge.engine_ready.emit,
+                                            on_crash=self.bridge.engine_crashed.emit,
+                                            on_status=self.bridge.engine_status.emit)
+        self._supervisor.start()
+
+    def _start_hotkeys(self) -> None:
+        available, reason = self.hotkeys.support()
+        if not available:
+            self.window.show_message(reason, error=False)
+            return
+        keys = self.settings.hotkeys
+        self.hotkeys.start({"toggle_window": keys.toggle_window, "push_to_talk": keys.push_to_talk,
+                            "ask_screen": keys.ask_screen, "stop_speaking": keys.stop_speaking})
+
+    # --- wiring ------------------------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        b, c, w, t = self.bridge, self.controller, self.window, self.tray
+        b.event.connect(c.engine_event)
+        b.link_status.connect(self._on_link_status)
+        b.engine_ready.connect(lambda url, token: self.link.connect(url, token))
+        b.engine_status.connect(self._on_engine_status)
+        b.engine_crashed.connect(lambda code, tail: log.warning("engine exited (%s): %s", code, tail))
+        b.playback_started.connect(c.playback_started)
+        b.playback_drained.connect(c.playback_drained)
+        b.barge_in.connect(c.barge_in)
+        b.mic_error.connect(c.microphone_failed)
+        b.speaker_error.connect(c.speaker_failed)
+        b.level.connect(w.set_mic_level)
+        b.message.connect(self._show_message)
+
+        c.state_changed.connect(w.set_state)
+        c.state_changed.connect(t.set_state)
+        c.user_partial.connect(w.show_user_partial)
+        c.user_final.connect(w.show_user_final)
+        c.assistant_delta.connect(w.show_assistant_delta)
+        c.assistant_finished.connect(w.finish_assistant)
+        c.screenshot_attached.connect(w.show_screenshot)
+        c.message.connect(self._show_message)
+        c.hands_free_changed.connect(self._on_hands_free_changed)
+        c.muted_changed.connect(w.set_muted)
+        c.muted_changed.connect(t.set_muted)
+
+        for source in (w, t):
+            source.hands_free_toggled.connect(c.set_hands_free)
+            source.mute_toggled.connect(c.set_muted)
+            source.ask_screen_requested.connect(self.ask_about_screen)
+            source.settings_requested.connect(self.open_settings)
+        w.text_submitted.connect(c.submit_text)
+        w.talk_pressed.connect(c.talk_pressed)
+        w.talk_released.connect(c.talk_released)
+        t.open_window_requested.connect(w.present)
+        t.talk_requested.connect(c.listen_once)
+        t.quit_requested.connect(QApplication.quit)
+
+        self.hotkeys.triggered.connect(self._on_hotkey)
+        self.hotkeys.push_to_talk_pressed.connect(c.talk_pressed)
+        self.hotkeys.push_to_talk_released.connect(c.talk_released)
+
+    def _on_link_event(self, event: dict) -> None:
+        """On the link thread: the speaker learns a reply's audio is complete before the GUI hears of it."""
+        if event.get("type") in _AUDIO_DONE:
+            response_id = event.get("response_id") or (event.get("response") or {}).get("id")
+            if response_id:
+                self.speaker.finish(response_id)
+        self.bridge.event.emit(event)
+
+    def _on_link_audio(self, response_id: str, item_id: str, pcm) -> None:
+        self.speaker.push(response_id, pcm)  # refused if the controller already cut that reply
+
+    def _on_link_status(self, state: str, reason: str) -> None:
+        if state == link_states.CONNECTED:
+            self.controller.engine_connected()
+        elif state == link_states.DISCONNECTED:
+            self.controller.engine_disconnected(reason)
+
+    def _on_engine_status(self, text: str) -> None:
+        log.info("engine: %s", text)
+        if self._supervisor is not None and self._supervisor.gave_up:
+            self.controller.engine_failed(text)
+
+    def _on_hands_free_changed(self, on: bool) -> None:
+        self.window.set_hands_free(on)
+        self.tray.set_hands_free(on)
+        self.settings.conversation.hands_free = on
+        self._save_settings()
+
+    def _on_hotkey(self, name: str) -> None:
+        if name == "toggle_window":
+            self.window.toggle_visibility()
+        elif name == "ask_screen":
+            self.ask_about_screen()
+        elif name == "stop_speaking":
+            self.controller.stop_speaking()
+
+    def handle_command(self, command: str) -> None:
+        """A command from `confide --toggle` and friends (another process, through the local socket)."""
+        actions = {"toggle": self.window.toggle_visibility, "show": self.window.present,
+                   "ask-screen": self.ask_about_screen, "stop": self.controller.stop_speaking,
+                   "quit": QApplication.quit}
+        action = actions.get(command)
+        if action is not None:
+            action()
+
+    def _show_message(self, text: str, error: bool) -> None:
+        self.window.show_message(text, error=error)
+        if error and not self.window.isVisible() and self.tray.available:
+            self.tray.notify("Confide", text, error=True)
+
+    # --- actions ----------------------------------------------------------------------------------------
+
+    def ask_about_screen(self) -> None:
+        cursor = QCursor.pos()
+        try:
+            shot = capture_screen_at(cursor.x(), cursor.y())
+        except ScreenCaptureError as error:
+            self._show_message(str(error), True)
+            return
+        self.controller.ask_about_screen(shot.png)
+
+    def open_settings(self) -> None:
+        dialog = SettingsDialog(self.settings, [d.name for d in _devices("input")], [d.name for d in _devices("output")])
+        if not dialog.exec():
+            return
+        updated: Settings = dialog.result_settings()
+        previous, self.settings = self.settings, updated
+        if updated.audio.input_device != previous.audio.input_device:
+            self.microphone.switch_device(updated.audio.input_device)
+        if updated.audio.output_device != previous.audio.output_device:
+            self.speaker.switch_device(updated.audio.output_device)
+        if updated.hotkeys != previous.hotkeys:
+            self.hotkeys.stop()
+            self._start_hotkeys()
+        talk = self.controller.settings
+        talk.sensitivity, talk.speed = updated.conversation.vad_sensitivity, updated.voice.speed
+        self.voice_activity.threshold = vad_threshold(updated.conversation.vad_sensitivity)
+        self.controller.set_hands_free(updated.conversation.hands_free)
+        self.controller.apply_settings()
+        if (updated.engine.url, updated.engine.token) != (previous.engine.url, previous.engine.token) and updated.engine.url:
+            self.link.connect(updated.engine.url, updated.engine.token)
+        self._save_settings()
+
+    def _save_settings(self) -> None:
+        try:
+            save_settings(self.settings)
+        except OSError as error:
+            self._show_message(f"Settings could not be saved ({error.strerror}); they apply until you quit.", True)
+
+
+def _devices(direction: str):
+    from app.audio.devices import AudioDeviceError, input_devices, output_devices
+
+    try:
+        return input_devices() if direction == "input" else output_devices()
+    except AudioDeviceError:
+        return []

@@ -1,0 +1,444 @@
+"""The conversation as the person experiences it: what the assistant is doing, and what to do next.
+
+The state is never stored: it is derived from a few facts (connected? a reply in flight? playing?
+listening?) every time one changes, so no sequence of events can leave it wedged ("speaking" with
+nothing playing). Every reply is tracked by its response id; anything of a cancelled id is ignored.
+
+Runs on the GUI thread. Audio never passes through it: the link hands reply audio to the speaker, and
+the microphone router silences the speaker on a barge-in before telling the controller.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from PySide6.QtCore import QObject, Signal
+
+from app.session_setup import session_update
+from app.state import AppState
+
+log = logging.getLogger(__name__)
+
+
+class EnginePort(Protocol):
+    def send(self, event: dict) -> bool: ...
+    def update_session(self, event: dict) -> None: ...  # sent now and again on every reconnect
+
+
+class SpeakerPort(Protocol):
+    def cancel(self, response_id: str) -> float: ...  # silences it now; returns how much was heard (ms)
+    def flush(self) -> object: ...
+    def heard_ms(self, response_id: str) -> float: ...  # counts only samples that have left the device
+
+
+class MicPort(Protocol):
+    def set_streaming(self, streaming: bool) -> None: ...
+    def guard(self, response_id: str | None) -> None: ...
+
+
+class HistoryPort(Protocol):
+    def record(self, role: str, text: str, item_id: str, interrupted: bool = False,
+               had_screenshot: bool = False) -> None: ...  # adds the turn, or replaces the one with that id
+    def as_conversation_items(self) -> list[dict]: ...
+
+
+@dataclass
+class TalkSettings:
+    hands_free: bool = False
+    sensitivity: float = 0.5
+    silence_ms: int = 384
+    voice: str = "joe"
+    speed: float = 1.0
+
+
+@dataclass
+class _Reply:
+    response_id: str
+    item_id: str | None = None
+    text: str = ""
+    cancelled: bool = False
+    done: bool = False
+
+
+@dataclass
+class _Facts:
+    connected: bool = False
+    failure: str = ""  # a problem that stops conversation (engine gave up)
+    muted: bool = False
+    talk_held: bool = False  # push-to-talk key or button is down
+    one_shot: bool = False  # a screen question: listen hands-free for one turn
+    awaiting_reply: bool = False  # a turn was committed; no response yet
+    reply: _Reply | None = None  # the response in flight
+    playing: str | None = None  # response id whose audio is playing
+    replies: dict[str, _Reply] = field(default_factory=dict)  # not settled yet: in flight, playing, being cut
+
+
+class Controller(QObject):
+    state_changed = Signal(object, str)  # AppState, detail
+    user_partial = Signal(str, str)  # item_id, text so far
+    user_final = Signal(str, str)  # item_id, transcript
+    assistant_delta = Signal(str, str)  # response_id, text
+    assistant_finished = Signal(str, str, bool)  # response_id, what was heard, interrupted
+    screenshot_attached = Signal(bytes)
+    message = Signal(str, bool)  # text, is_error
+    hands_free_changed = Signal(bool)
+    muted_changed = Signal(bool)
+
+    def __init__(self, engine: EnginePort, speaker: SpeakerPort, mic: MicPort, history: HistoryPort | None,
+                 settings: TalkSettings | None = None, parent: QObject | None = None):
+        super().__init__(parent)
+        self._engine, self._speaker, self._mic, self._history = engine, speaker, mic, history
+        self.settings = settings or TalkSettings()
+        self._facts = _Facts()
+        self._partials: dict[str, str] = {}
+        self._pending_screenshot = False
+        self._state: tuple[AppState, str] = (AppState.CONNECTING, "")
+        self._engine.update_session(self._session())
+
+    # --- what the person sees ------------------------------------------------------------------------
+
+    @property
+    def state(self) -> AppState:
+        return self._state[0]
+
+    @property
+    def hands_free(self) -> bool:
+        return self.settings.hands_free
+
+    @property
+    def muted(self) -> bool:
+        return self._facts.muted
+
+    def _derive(self) -> tuple[AppState, str]:
+        f = self._facts
+        if f.failure:
+            return AppState.ERROR, f.failure
+        if not f.connected:
+            return AppState.CONNECTING, "starting the engine"
+        if f.playing:
+            return AppState.SPEAKING, ""
+        if f.awaiting_reply or (f.reply and not f.reply.done):
+            return AppState.THINKING, ""
+        if f.muted:
+            return AppState.MUTED, "microphone off"
+        if self._listening():
+            return AppState.LISTENING, "hands-free" if self.settings.hands_free else ""
+        return AppState.IDLE, "hold the talk key, or turn on hands-free"
+
+    def _listening(self) -> bool:
+        f = self._facts
+        return f.connected and not f.muted and (f.talk_held or self.settings.hands_free or f.one_shot)
+
+    def _refresh(self) -> None:
+        """Re-derive the state and make the microphone and barge-in guard agree with it."""
+        self._mic.set_streaming(self._listening())
+        self._mic.guard(self._facts.playing)
+        state = self._derive()
+        if state != self._state:
+            self._state = state
+            self.state_changed.emit(*state)
+
+    # --- engine connection ---------------------------------------------------------------------------
+
+    def engine_connected(self) -> None:
+        """A (new) engine session: its conversation is empty, so it is re-seeded from the history."""
+        f = self._facts
+        f.connected, f.failure = True, ""
+        if self._history is not None:
+            for item in self._history.as_conversation_items():
+                self._engine.send(item)
+        self._refresh()
+
+    def engine_disconnected(self, reason: str) -> None:
+        f = self._facts
+        was_connected = f.connected
+        f.connected = False
+        self._speaker.flush()
+        f.playing, f.reply, f.awaiting_reply, f.one_shot = None, None, False, False
+        f.replies.clear()
+        if was_connected:
+            self.message.emit(f"Lost the engine ({reason}); reconnecting…", True)
+        self._refresh()
+
+    def engine_failed(self, reason: str) -> None:
+        self._facts.failure = reason
+        self.message.emit(reason, True)
+        self._refresh()
+
+    # --- the person's actions ------------------------------------------------------------------------
+
+    def talk_pressed(self) -> None:
+        f = self._facts
+        if f.talk_held or not f.connected:
+            return
+        self._interrupt("the talk key")
+        f.talk_held = True
+        if not self.settings.hands_free:
+            self._engine.send({"type": "input_audio_buffer.clear"})  # the turn starts now, not before
+        self._refresh()
+
+    def talk_released(self) -> None:
+        f = self._facts
+        if not f.talk_held:
+            return
+        f.talk_held = False
+        if not self.settings.hands_free and f.connected and not f.muted:
+            self._mic.set_streaming(False)  # the last chunk is sent before the commit: same thread, in order
+            self._engine.send({"type": "input_audio_buffer.commit"})
+            self._engine.send({"type": "response.create"})
+            f.awaiting_reply = True
+        self._refresh()
+
+    def set_hands_free(self, on: bool) -> None:
+        if on == self.settings.hands_free:
+            return
+        self.settings.hands_free = on
+        self._facts.one_shot = False
+        self._engine.update_session(self._session())
+        self.hands_free_changed.emit(on)
+        self._refresh()
+
+    def set_muted(self, muted: bool) -> None:
+        if muted == self._facts.muted:
+            return
+        self._facts.muted = muted
+        self.muted_changed.emit(muted)
+        self._refresh()
+
+    def submit_text(self, text: str) -> None:
+        text = text.strip()
+        if not text or not self._facts.connected:
+            if text:
+                self.message.emit("The engine is not connected yet; try again in a moment.", True)
+            return
+        self._interrupt("typing")
+        item_id = f"item_{uuid.uuid4().hex[:20]}"
+        self._engine.send({"type": "conversation.item.create", "item": {
+            "id": item_id, "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}})
+        self._engine.send({"type": "response.create"})
+        self._facts.awaiting_reply = True
+        self._record("user", text, item_id)
+        self.user_final.emit(item_id, text)
+        self._refresh()
+
+    def ask_about_screen(self, png: bytes, question: str | None = None) -> None:
+        """Attach a screenshot; the next question (typed now, or spoken next) is about it."""
+        if not self._facts.connected:
+            self.message.emit("The engine is not connected yet; try again in a moment.", True)
+            return
+        self._interrupt("a screen question")
+        self._engine.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user",
+            "content": [{"type": "input_image", "image_url": "data:image/png;base64," + base64.b64encode(png).decode()}]}})
+        self._pending_screenshot = True
+        self.screenshot_attached.emit(png)
+        if question:
+            self.submit_text(question)
+        else:
+            self.listen_once()
+        self._refresh()
+
+    def listen_once(self) -> None:
+        """Hear one spoken turn without holding a key (the tray's Talk, a screen question), then go back
+        to push-to-talk. In hands-free mode the microphone is open already."""
+        if self.settings.hands_free or not self._facts.connected:
+            return
+        self._interrupt("talk")
+        self._facts.one_shot = True
+        self._engine.update_session(self._session())
+        self._refresh()
+
+    def apply_settings(self) -> None:
+        """Voice, speed or sensitivity changed: the engine session follows."""
+        self._engine.update_session(self._session())
+
+    def stop_speaking(self) -> None:
+        self._interrupt("stop")
+        self._refresh()
+
+    def barge_in(self, response_id: str, _onset: float | None = None) -> None:
+        """The person spoke over the reply; the speaker is already silent (MicRouter did it)."""
+        if response_id in self._facts.replies:
+            self._cut_reply(response_id)
+        self._refresh()
+
+    def _interrupt(self, why: str) -> None:
+        """Whatever is playing or being generated stops now: silence first, then tell the engine."""
+        f = self._facts
+        target = f.playing or (f.reply.response_id if f.reply and not f.reply.done else None)
+        if target is None:
+            return
+        log.info("interrupting %s (%s)", target, why)
+        self._speaker.cancel(target)
+        self._cut_reply(target)
+
+    def _cut_reply(self, response_id: str) -> None:
+        f = self._facts
+        reply = f.replies.get(response_id)
+        # What left the device, not what was queued for it: samples already in the device buffer at the
+        # moment of the cut still played, and are counted.
+        heard_ms = int(self._speaker.heard_ms(response_id))
+        if reply is not None and not reply.cancelled:
+            reply.cancelled = True
+            if f.reply is reply:
+                f.reply = None  # nothing more is awaited from it
+            if not reply.done:
+                self._engine.send({"type": "response.cancel", "response_id": response_id})
+            if reply.item_id:
+                self._engine.send({"type": "conversation.item.truncate", "item_id": reply.item_id,
+                                   "content_index": 0, "audio_end_ms": heard_ms})
+                self._engine.send({"type": "conversation.item.retrieve", "item_id": reply.item_id})
+        if f.playing == response_id:
+            f.playing = None
+
+    # --- audio feedback --------------------------------------------------------------------------------
+
+    def playback_started(self, response_id: str) -> None:
+        reply = self._facts.reply
+        if reply is None or reply.response_id != response_id or reply.cancelled:
+            return  # audio of a reply already cut: never let it claim the speaker
+        self._facts.playing = response_id
+        self._refresh()
+
+    def playback_drained(self, response_id: str) -> None:
+        f = self._facts
+        if f.playing == response_id:
+            f.playing = None
+            reply = f.replies.get(response_id)
+            if reply is not None and reply.done and not reply.cancelled:
+                del f.replies[response_id]  # fully heard: settled
+            self._end_one_shot()
+            self._refresh()
+
+    def microphone_failed(self, message: str) -> None:
+        self.message.emit(f"{message} You can still type your questions.", True)
+
+    def speaker_failed(self, message: str) -> None:
+        self.message.emit(f"{message} Replies will show as text.", True)
+
+    # --- engine events ---------------------------------------------------------------------------------
+
+    def engine_event(self, event: dict[str, Any]) -> None:
+        handler = self._EVENTS.get(event.get("type", ""))
+        if handler is not None:
+            handler(self, event)
+
+    def _on_speech_started(self, event: dict) -> None:
+        # The engine heard the person over the reply (and stopped it, with interrupt_response); silence
+        # the rest here too, in case the local detector missed quieter speech.
+        if self._facts.playing or self._facts.reply:
+            self._interrupt("speech heard by the engine")
+            self._refresh()
+
+    def _on_speech_stopped(self, event: dict) -> None:
+        if self._listening():
+            self._facts.awaiting_reply = True
+            self._refresh()
+
+    def _on_partial(self, event: dict) -> None:
+        item_id = event.get("item_id", "")
+        self._partials[item_id] = self._partials.get(item_id, "") + (event.get("delta") or "")
+        self.user_partial.emit(item_id, self._partials[item_id])
+
+    def _on_transcript(self, event: dict) -> None:
+        item_id, text = event.get("item_id", ""), (event.get("transcript") or "").strip()
+        self._partials.pop(item_id, None)
+        self.user_final.emit(item_id, text)
+        if text:
+            self._record("user", text, item_id, had_screenshot=self._pending_screenshot)
+            self._pending_screenshot = False
+
+    def _on_response_created(self, event: dict) -> None:
+        f = self._facts
+        response_id = event["response"]["id"]
+        if f.reply is not None:  # the engine runs one response at a time: the previous one is over
+            f.reply.done = True
+            if f.playing != f.reply.response_id:
+                f.replies.pop(f.reply.response_id, None)
+        f.reply, f.awaiting_reply = _Reply(response_id), False
+        f.replies[response_id] = f.reply
+        self._refresh()
+
+    def _on_output_item(self, event: dict) -> None:
+        reply = self._facts.reply
+        if reply and reply.response_id == event.get("response_id"):
+            reply.item_id = event.get("item", {}).get("id")
+
+    def _on_reply_text(self, event: dict) -> None:
+        reply = self._facts.reply
+        if reply and reply.response_id == event.get("response_id") and not reply.cancelled:
+            reply.text += event.get("delta") or ""
+            self.assistant_delta.emit(reply.response_id, event.get("delta") or "")
+
+    def _on_response_done(self, event: dict) -> None:
+        f = self._facts
+        reply = f.replies.get((event.get("response") or {}).get("id"))
+        if reply is None or reply.done:
+            return
+        reply.done = True
+        if f.reply is reply:
+            f.reply = None
+        if reply.cancelled and not reply.item_id:  # cut before it said anything
+            f.replies.pop(reply.response_id, None)
+            self.assistant_finished.emit(reply.response_id, "", True)
+        elif not reply.cancelled:  # a cut reply settles when its heard text comes back (item retrieved)
+            self.assistant_finished.emit(reply.response_id, reply.text, False)
+            self._record("assistant", reply.text, reply.item_id or reply.response_id)
+            if f.playing != reply.response_id:
+                f.replies.pop(reply.response_id, None)
+                self._end_one_shot()  # nothing (more) to play
+        self._refresh()
+
+    def _on_item_retrieved(self, event: dict) -> None:
+        item = event.get("item") or {}
+        for response_id, reply in list(self._facts.replies.items()):
+            if reply.cancelled and reply.item_id == item.get("id"):
+                content = (item.get("content") or [{}])[0]
+                heard = content.get("transcript") or content.get("text") or ""
+                del self._facts.replies[response_id]
+                self.assistant_finished.emit(response_id, heard, True)
+                self._record("assistant", heard, reply.item_id, interrupted=True)
+
+    def _on_error(self, event: dict) -> None:
+        error = event.get("error") or {}
+        if error.get("code") in ("response_cancel_not_active",):
+            return  # the reply finished just as we cancelled it: nothing went wrong
+        self.message.emit(f"The engine said: {error.get('message', 'unknown error')}", True)
+        self._facts.awaiting_reply = False  # a refused turn gets no reply; never wait for one
+        self._refresh()
+
+    _EVENTS = {
+        "input_audio_buffer.speech_started": _on_speech_started,
+        "input_audio_buffer.speech_stopped": _on_speech_stopped,
+        "conversation.item.input_audio_transcription.delta": _on_partial,
+        "conversation.item.input_audio_transcription.completed": _on_transcript,
+        "response.created": _on_response_created,
+        "response.output_item.added": _on_output_item,
+        "response.output_audio_transcript.delta": _on_reply_text,
+        "response.audio_transcript.delta": _on_reply_text,
+        "response.output_text.delta": _on_reply_text,
+        "response.done": _on_response_done,
+        "conversation.item.retrieved": _on_item_retrieved,
+        "error": _on_error,
+    }
+
+    # --- helpers ---------------------------------------------------------------------------------------
+
+    def _end_one_shot(self) -> None:
+        if self._facts.one_shot:
+            self._facts.one_shot = False
+            self._engine.update_session(self._session())
+
+    def _session(self) -> dict:
+        s = self.settings
+        return session_update(hands_free=s.hands_free or self._facts.one_shot, sensitivity=s.sensitivity,
+                              silence_ms=s.silence_ms, voice=s.voice, speed=s.speed)
+
+    def _record(self, role: str, text: str, item_id: str, interrupted: bool = False,
+                had_screenshot: bool = False) -> None:
+        if self._history is not None:
+            self._history.record(role, text, item_id, interrupted=interrupted, had_screenshot=had_screenshot)
