@@ -10,13 +10,16 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QCursor
 from PySide6.QtWidgets import QApplication
 
 from app.audio.capture import Microphone
+from app.audio.devices import DeviceWatcher
+from app.audio.echo_canceller import EchoCanceller
+from app.audio.echo_reference import PlayedAudio
 from app.audio.playback import Speaker
-from app.audio.voice_activity import VoiceActivity
+from app.audio.voice_activity import DEFAULT_MIN_SPEECH_MS, VoiceActivity
 from app.controller import Controller, TalkSettings
 from app.engine_link import client as link_states
 from app.engine_link.client import RealtimeLink
@@ -33,6 +36,18 @@ from app.ui.window import MainWindow
 
 log = logging.getLogger(__name__)
 
+DEVICE_RETRY_MS = 2000
+# Half-duplex (echo cancellation losing the echo): a barge-in needs this much sustained speech, which
+# residual echo does not have, so the person speaks up for a moment to interrupt.
+HALF_DUPLEX_MIN_SPEECH_MS = 320
+ECHO_MODES = {
+    "cancelled": ("echo cancelled", "The assistant's own voice is removed from the microphone, so open "
+                                    "speakers work and you can talk over it."),
+    "half-duplex": ("half-duplex", "The speakers' echo was getting through, so Confide listens less eagerly "
+                                   "while it speaks: talk a little longer, or use the talk key, to interrupt. "
+                                   "Headphones avoid this."),
+    "off": ("", "Echo cancellation is off: use headphones, or the assistant may hear itself."),
+}
 _AUDIO_DONE = ("response.output_audio.done", "response.audio.done", "response.done")
 
 
@@ -51,6 +66,8 @@ class _Bridge(QObject):
     speaker_error = Signal(str)
     level = Signal(float)
     message = Signal(str, bool)
+    devices_changed = Signal(object)
+    echo_failing = Signal()
 
 
 class _EngineAdapter:
@@ -102,20 +119,32 @@ class ConfideApp(QObject):
 
         self.link = RealtimeLink(on_event=self._on_link_event, on_status=self.bridge.link_status.emit,
                                  on_audio=self._on_link_audio)
+        self.played_audio = PlayedAudio()
         self.speaker = Speaker(settings.audio.output_device, on_error=self.bridge.speaker_error.emit,
                                on_started=self.bridge.playback_started.emit,
-                               on_drained=self.bridge.playback_drained.emit)
+                               on_drained=self.bridge.playback_drained.emit, on_played=self.played_audio.played)
         self.voice_activity = VoiceActivity(threshold=vad_threshold(settings.conversation.vad_sensitivity))
         self.router = MicRouter(self.link.send_audio, self.voice_activity.feed, self.voice_activity.reset,
                                 self.speaker.cancel, self.bridge.barge_in.emit, self.bridge.level.emit)
-        self.microphone = Microphone(settings.audio.input_device, on_audio=self.router.on_audio,
+        self.echo_canceller = EchoCanceller(self.played_audio, self.router.on_audio,
+                                            enabled=settings.audio.echo_cancellation,
+                                            noise_suppression=settings.audio.noise_suppression,
+                                            on_failing=self.bridge.echo_failing.emit)
+        self.microphone = Microphone(settings.audio.input_device, on_audio=self.echo_canceller.process,
                                      on_error=self.bridge.mic_error.emit)
+        self.device_watcher = DeviceWatcher(self.bridge.devices_changed.emit)
+        # Not every loss shows in the device list (a sound server can drop a device PortAudio still
+        # names): a lost microphone or speaker is also retried every few seconds.
+        self._device_retry = QTimer(self, interval=DEVICE_RETRY_MS, timeout=self._reopen_lost_devices)
+        self._device_problem = {"microphone": "", "speaker": ""}
+        self._half_duplex = False  # echo cancellation lost the echo (see _on_echo_failing)
         self._saved_history = _SavedHistory(history, self.bridge.message.emit)
         conversation = settings.conversation
         self.controller = Controller(
             _EngineAdapter(self.link), self.speaker, self.router, self._saved_history,
             TalkSettings(hands_free=conversation.hands_free, sensitivity=conversation.vad_sensitivity,
-                         silence_ms=conversation.silence_ms, voice=settings.voice.name, speed=settings.voice.speed))
+                         silence_ms=conversation.silence_ms, voice=settings.voice.name, speed=settings.voice.speed,
+                         instructions=conversation.instructions))
         self.window = MainWindow()
         self.tray = TrayIcon(self.window)
         self.hotkeys = GlobalHotkeys()
@@ -126,6 +155,7 @@ class ConfideApp(QObject):
     def start(self, warnings: list[str] = ()) -> None:
         self.window.load_history([(t.role, t.text, t.interrupted) for t in self.history.turns])
         self.window.set_hands_free(self.controller.hands_free)
+        self._show_echo_mode()
         for warning in warnings:
             self.window.show_message(warning, error=True)
         if self.tray.available:
@@ -136,10 +166,14 @@ class ConfideApp(QObject):
         self._start_hotkeys()
         self.speaker.start()
         if not self.microphone.start():
-            self.controller.microphone_failed(self.microphone.last_error or "No microphone was found.")
+            self._device_failed("microphone", self.microphone.last_error or "No microphone was found.")
+        self.device_watcher.start()
+        self._device_retry.start()
         self._start_engine()
 
     def shutdown(self) -> None:
+        self._device_retry.stop()
+        self.device_watcher.stop()
         self.hotkeys.stop()
         self.microphone.stop()
         self.speaker.stop()
@@ -181,10 +215,12 @@ class ConfideApp(QObject):
         b.playback_started.connect(c.playback_started)
         b.playback_drained.connect(c.playback_drained)
         b.barge_in.connect(c.barge_in)
-        b.mic_error.connect(c.microphone_failed)
-        b.speaker_error.connect(c.speaker_failed)
+        b.mic_error.connect(lambda message: self._device_failed("microphone", message))
+        b.speaker_error.connect(lambda message: self._device_failed("speaker", message))
         b.level.connect(w.set_mic_level)
         b.message.connect(self._show_message)
+        b.devices_changed.connect(lambda _devices: self._reopen_lost_devices())
+        b.echo_failing.connect(self._on_echo_failing)
 
         c.state_changed.connect(w.set_state)
         c.state_changed.connect(t.set_state)
@@ -230,6 +266,55 @@ class ConfideApp(QObject):
             self.controller.engine_connected()
         elif state == link_states.DISCONNECTED:
             self.controller.engine_disconnected(reason)
+
+    def _reopen_lost_devices(self) -> None:
+        """A microphone or speaker that was lost gets back to work by itself once it is there again."""
+        for kind, device in (("microphone", self.microphone), ("speaker", self.speaker)):
+            if not device.running and device.start():
+                self._device_problem[kind] = ""
+                self._new_echo_path()
+                self._show_message(f"{kind.capitalize()} ready: {device.device_name}.", False)
+
+    # --- echo ----------------------------------------------------------------------------------------------
+
+    def _on_echo_failing(self) -> None:
+        if self._half_duplex:
+            return
+        self._half_duplex = True
+        self.router.set_half_duplex(True)
+        self.voice_activity.min_speech_ms = HALF_DUPLEX_MIN_SPEECH_MS
+        self.echo_canceller.reset()
+        log.warning("echo cancellation is not removing the echo: half-duplex from now on")
+        self._show_message("The speakers' echo is getting through, so Confide now listens less eagerly while it "
+                           "speaks: talk a little longer (or use the talk key) to interrupt. Headphones avoid this.",
+                           True)
+        self._show_echo_mode()
+
+    def _new_echo_path(self) -> None:
+        """Another microphone or speaker: learn the echo afresh, and trust the canceller again."""
+        self.echo_canceller.reset()
+        self._half_duplex = False
+        self.router.set_half_duplex(False)
+        self.voice_activity.min_speech_ms = DEFAULT_MIN_SPEECH_MS
+        self._show_echo_mode()
+
+    def _show_echo_mode(self) -> None:
+        if not self.echo_canceller.enabled:
+            mode = "off"
+        else:
+            mode = "half-duplex" if self._half_duplex else "cancelled"
+        label, explanation = ECHO_MODES[mode]
+        self.window.set_echo_mode(label, explanation)
+        self.tray.set_echo_mode(label, explanation)
+
+    def _device_failed(self, kind: str, message: str) -> None:
+        if message == self._device_problem[kind]:
+            return  # the same problem again (a retry that failed): said once is enough
+        self._device_problem[kind] = message
+        if kind == "microphone":
+            self.controller.microphone_failed(message)
+        else:
+            self.controller.speaker_failed(message)
 
     def _on_engine_status(self, text: str) -> None:
         log.info("engine: %s", text)
@@ -285,11 +370,17 @@ class ConfideApp(QObject):
             self.microphone.switch_device(updated.audio.input_device)
         if updated.audio.output_device != previous.audio.output_device:
             self.speaker.switch_device(updated.audio.output_device)
+        if (updated.audio.input_device, updated.audio.output_device) != (previous.audio.input_device,
+                                                                         previous.audio.output_device):
+            self._new_echo_path()
+        self.echo_canceller.configure(updated.audio.echo_cancellation, updated.audio.noise_suppression)
+        self._show_echo_mode()
         if updated.hotkeys != previous.hotkeys:
             self.hotkeys.stop()
             self._start_hotkeys()
         talk = self.controller.settings
         talk.sensitivity, talk.speed = updated.conversation.vad_sensitivity, updated.voice.speed
+        talk.instructions = updated.conversation.instructions
         self.voice_activity.threshold = vad_threshold(updated.conversation.vad_sensitivity)
         self.controller.set_hands_free(updated.conversation.hands_free)
         self.controller.apply_settings()

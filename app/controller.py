@@ -53,6 +53,7 @@ class TalkSettings:
     silence_ms: int = 384
     voice: str = "joe"
     speed: float = 1.0
+    instructions: str = ""  # empty: the engine's own persona
 
 
 @dataclass
@@ -436,7 +437,7 @@ class Controller(QObject):
     def _session(self) -> dict:
         s = self.settings
         return session_update(hands_free=s.hands_free or self._facts.one_shot, sensitivity=s.sensitivity,
-                              silence_ms=s.silence_ms, voice=s.voice, speed=s.speed)
+                              silence_ms=s.silence_ms, voice=s.voice, speed=s.speed, instructions=s.instructions)
 
     def _record(self, role: str, text: str, item_id: str, interrupted: bool = False,
                 had_screenshot: bool = False) -> None:

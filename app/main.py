@@ -4,6 +4,7 @@
     confide --toggle        show or hide the window      (bind these in the desktop's shortcut
     confide --ask-screen    ask about the screen          settings where global hotkeys are not
     confide --stop          stop speaking                 available: Wayland, macOS)
+    confide bench [--json]  measure the real app on a virtual desktop (developer tool, source checkout)
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # a developer tool with options of its own
+        from app.bench.command import main as bench
+
+        return bench(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

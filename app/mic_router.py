@@ -30,11 +30,18 @@ class MicRouter:
         self._streaming = False
         self._guarding: str | None = None  # the response a barge-in would interrupt
         self._fresh_guard = False  # the detector must forget older audio before judging this reply
+        self._half_duplex = False  # the echo gets through: the engine hears nothing while a reply plays
         self._level_sum, self._level_count, self._level_due = 0.0, 0, 0.0
 
     def set_streaming(self, streaming: bool) -> None:
         with self._lock:
             self._streaming = streaming
+
+    def set_half_duplex(self, on: bool) -> None:
+        """When echo cancellation cannot cope: nothing goes to the engine while a reply plays, so its own
+        speech detector cannot take the echo for the person; only the local detector can interrupt."""
+        with self._lock:
+            self._half_duplex = on
 
     def guard(self, response_id: str | None) -> None:
         """Listen for the person talking over `response_id` (None: nothing is playing)."""
@@ -47,6 +54,8 @@ class MicRouter:
         with self._lock:
             streaming, guarding, fresh = self._streaming, self._guarding, self._fresh_guard
             self._fresh_guard = False
+            if guarding is not None and self._half_duplex:
+                streaming = False
         if streaming:
             self._send_audio(chunk)
         self._report_level(chunk)

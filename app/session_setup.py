@@ -9,10 +9,12 @@ def vad_threshold(sensitivity: float) -> float:
     return round(min(0.9, max(0.1, 0.9 - 0.8 * sensitivity)), 2)  # 0.5 -> 0.5, the engine's default
 
 
-def session_update(*, hands_free: bool, sensitivity: float, silence_ms: int, voice: str, speed: float) -> dict[str, Any]:
+def session_update(*, hands_free: bool, sensitivity: float, silence_ms: int, voice: str, speed: float,
+                   instructions: str = "") -> dict[str, Any]:
     """Hands-free: the engine's server VAD ends turns and answers by itself. Push-to-talk: the app
     commits each turn when the key is released, so no silence window is waited for. The persona is the
-    engine's own (its default instructions), so it is written in one place."""
+    engine's own (its default instructions), so it is written in one place; the person's own
+    `instructions` replace it when given."""
     turn_detection = {
         "type": "server_vad",
         "threshold": vad_threshold(sensitivity),
@@ -25,6 +27,7 @@ def session_update(*, hands_free: bool, sensitivity: float, silence_ms: int, voi
         "type": "session.update",
         "session": {
             "type": "realtime",
+            **({"instructions": instructions} if instructions.strip() else {}),
             "output_modalities": ["audio"],
             "audio": {
                 "input": {"format": {"type": "audio/pcm", "rate": 24000}, "turn_detection": turn_detection},

@@ -27,6 +27,9 @@ def _ranged(default: float, low: float, high: float) -> Any:
 class AudioSettings:
     input_device: str | None = None  # None: the system's default device
     output_device: str | None = None
+    # Hands-free on open speakers: the assistant's own voice is removed from the microphone (AEC3).
+    echo_cancellation: bool = True
+    noise_suppression: bool = False  # off: it blunts quiet speech, and Whisper copes with noise
 
 
 @dataclass
@@ -48,6 +51,7 @@ class ConversationSettings:
     hands_free: bool = False
     vad_sensitivity: float = _ranged(0.5, 0.0, 1.0)
     silence_ms: int = _ranged(384, 100, 3000)
+    instructions: str = ""  # how the assistant should answer; empty: the engine's own persona
 
 
 @dataclass

@@ -65,7 +65,8 @@ class _SoxrStream:
         return self._stream.resample_chunk(block)
 
 
-def _resampler(rate: int):
+def protocol_rate_resampler(rate: int):
+    """Device rate → 24 kHz, streaming; None when no conversion is needed."""
     if rate == PROTOCOL_RATE:
         return None
     return _HalveRate() if rate == 2 * PROTOCOL_RATE else _SoxrStream(rate)
@@ -254,7 +255,7 @@ class Microphone:
                 return
             if isinstance(item, _StreamOpened):
                 rate = item.rate
-                resampler = _resampler(rate)
+                resampler = protocol_rate_resampler(rate)
                 delay = 0.0 if resampler is None else resampler.delay_s
                 consumed = produced = 0
                 release = math.exp(-self._block_ms / 1000 / METER_RELEASE_S)

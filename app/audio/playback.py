@@ -116,17 +116,22 @@ class Speaker:
         on_error: Callable[[str], None] | None = None,
         on_started: Callable[[str], None] | None = None,
         on_drained: Callable[[str], None] | None = None,
+        on_played: Callable[[np.ndarray, float, int], None] | None = None,
         prebuffer_ms: int = DEFAULT_PREBUFFER_MS,
         block_ms: int = 5,
         stall_timeout_s: float = 1.0,
     ):
         """`on_started(response_id)`: the response's first sample is leaving the device now.
         `on_drained(response_id)`: its last sample has left, after finish(). Both are called on the
-        speaker's own thread; `on_error(message)` too, with one line for the person."""
+        speaker's own thread; `on_error(message)` too, with one line for the person.
+        `on_played(block, dac_time, rate)`: a copy of every block with reply audio in it (mono, the
+        device's rate) and when its first frame leaves the device: the echo canceller's reference.
+        Called inside the audio callback, so it must only hand the block over."""
         self._device_spec = device
         self._on_error = on_error
         self._on_started = on_started
         self._on_drained = on_drained
+        self._on_played = on_played
         self.prebuffer_ms = prebuffer_ms
         self._block_ms = block_ms
         self._health = StreamHealth(stall_timeout_s)
@@ -417,6 +422,8 @@ class Speaker:
                 self._account(response, done, frames, dac, now)
         if done < frames:
             out[done:] = 0.0
+        if done and self._on_played is not None:
+            self._on_played(out.copy(), dac, self._rate)
         if outdata.shape[1] > 1:
             outdata[:, 1:] = outdata[:, :1]
 

@@ -98,6 +98,12 @@ class SettingsDialog(QDialog):
         audio = QFormLayout()
         audio.addRow("Microphone", self.input_choice)
         audio.addRow("Speaker", self.output_choice)
+        self.echo_box = QCheckBox("Cancel the assistant's own voice (for speakers, not needed with headphones)")
+        self.echo_box.setChecked(bool(getattr(settings.audio, "echo_cancellation", True)))
+        self.noise_box = QCheckBox("Suppress background noise")
+        self.noise_box.setChecked(bool(getattr(settings.audio, "noise_suppression", False)))
+        audio.addRow(self.echo_box)
+        audio.addRow(self.noise_box)
 
         # Hotkeys, each with its own error line
         self.hotkey_edits: dict[str, QLineEdit] = {}
@@ -140,8 +146,12 @@ class SettingsDialog(QDialog):
         sensitivity.addWidget(QLabel("Less"))
         sensitivity.addWidget(self.sensitivity_slider, 1)
         sensitivity.addWidget(QLabel("More"))
+        self.instructions_edit = QLineEdit(getattr(settings.conversation, "instructions", "") or "")
+        self.instructions_edit.setPlaceholderText("Empty: short, friendly spoken answers")
+        self.instructions_edit.setToolTip("How the assistant should answer, e.g. \"Answer in French.\"")
         talk = QFormLayout()
         talk.addRow("Voice speed", self.speed_box)
+        talk.addRow("Instructions", self.instructions_edit)
         talk.addRow(self.hands_free_box)
         talk.addRow("Speech sensitivity", sensitivity)
 
@@ -210,10 +220,12 @@ class SettingsDialog(QDialog):
         return _replaced(
             s,
             audio=_replaced(s.audio, input_device=self.input_choice.device(),
-                            output_device=self.output_choice.device()),
+                            output_device=self.output_choice.device(), echo_cancellation=self.echo_box.isChecked(),
+                            noise_suppression=self.noise_box.isChecked()),
             hotkeys=_replaced(s.hotkeys, **self._hotkey_texts()),
             voice=_replaced(s.voice, speed=round(self.speed_box.value(), 2)),
             conversation=_replaced(s.conversation, hands_free=self.hands_free_box.isChecked(),
-                                   vad_sensitivity=self.sensitivity_slider.value() / 100),
+                                   vad_sensitivity=self.sensitivity_slider.value() / 100,
+                                   instructions=self.instructions_edit.text().strip()),
             engine=_replaced(s.engine, url=self.engine_url_edit.text().strip(), token=self.engine_token_edit.text()),
         )

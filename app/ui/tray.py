@@ -121,6 +121,9 @@ class TrayIcon(QObject):
     def set_hands_free(self, on: bool) -> None:
         self.hands_free_action.setChecked(on)
 
+    def set_echo_mode(self, mode: str, explanation: str = "") -> None:
+        self.hands_free_action.setText(f"Hands-free ({mode})" if mode else "Hands-free")
+
     def set_muted(self, on: bool) -> None:
         self.mute_action.setChecked(on)
 

@@ -325,6 +325,11 @@ class MainWindow(QWidget):
     def set_hands_free(self, on: bool) -> None:
         self.hands_free_box.setChecked(on)
 
+    def set_echo_mode(self, mode: str, explanation: str) -> None:
+        """How hands-free copes with the speakers' echo ("echo cancelled", "half-duplex", or "")."""
+        self.hands_free_box.setText(f"Hands-free · {mode}" if mode else "Hands-free")
+        self.hands_free_box.setToolTip(f"Listen all the time; just start talking. {explanation}".strip())
+
     def set_muted(self, on: bool) -> None:
         self.mute_box.setChecked(on)
 

@@ -187,3 +187,14 @@ def test_starting_with_no_microphone_says_so_and_typing_still_works(x_display, p
     finally:
         app.shutdown()
         pulse_audio.restore()
+
+
+def test_microphone_unplugged_then_plugged_back(confide, qtbot, pulse_audio):
+    messages = []
+    confide.controller.message.connect(lambda text, error: messages.append(text))
+    assert confide.microphone.running
+    pulse_audio.unplug_everything()
+    pump(qtbot, lambda: any("microphone" in m.lower() for m in messages), 15, "a message about the microphone")
+    assert confide.controller.state is not AppState.ERROR  # typing still works; nothing crashed
+    pulse_audio.restore()
+    pump(qtbot, lambda: confide.microphone.running and confide.speaker.running, 20, "the devices to come back")

@@ -341,3 +341,14 @@ def test_muted_never_streams(qtbot):
     rig.controller.set_muted(True)
     rig.controller.talk_pressed()
     assert not rig.mic.streaming and rig.state is AppState.MUTED
+
+
+def test_instructions_setting_reaches_the_session_and_empty_keeps_the_engine_persona(qtbot):
+    rig = in_idle()
+    assert "instructions" not in rig.engine.sessions[-1]["session"]
+    rig.controller.settings.instructions = "Answer in French."
+    rig.controller.apply_settings()
+    assert rig.engine.sessions[-1]["session"]["instructions"] == "Answer in French."
+    rig.controller.settings.instructions = "   "
+    rig.controller.apply_settings()
+    assert "instructions" not in rig.engine.sessions[-1]["session"]

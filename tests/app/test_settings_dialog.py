@@ -62,6 +62,9 @@ def test_every_field_round_trips(dialog, qtbot):
     d.speed_box.setValue(1.4)
     d.hands_free_box.setChecked(True)
     d.sensitivity_slider.setValue(35)
+    d.instructions_edit.setText("  Answer in one short sentence. ")
+    d.echo_box.setChecked(False)
+    d.noise_box.setChecked(True)
     d.engine_url_edit.setText(" ws://192.168.1.20:8765/v1/realtime ")
     assert d.engine_token_edit.isEnabled()
     d.engine_token_edit.setText("s3cret")
@@ -72,10 +75,12 @@ def test_every_field_round_trips(dialog, qtbot):
     result = d.result_settings()
     assert isinstance(result, Settings) and result is not original
     assert dataclasses.asdict(result) == {
-        "audio": {"input_device": "USB Headset Mic", "output_device": "Built-in Speakers"},
+        "audio": {"input_device": "USB Headset Mic", "output_device": "Built-in Speakers",
+                  "echo_cancellation": False, "noise_suppression": True},
         "hotkeys": new_keys,
         "voice": {"name": original.voice.name, "speed": 1.4},  # the voice itself is not on this page: kept
-        "conversation": {"hands_free": True, "vad_sensitivity": 0.35, "silence_ms": original.conversation.silence_ms},
+        "conversation": {"hands_free": True, "vad_sensitivity": 0.35, "silence_ms": original.conversation.silence_ms,
+                         "instructions": "Answer in one short sentence."},
         "engine": {"url": "ws://192.168.1.20:8765/v1/realtime", "token": "s3cret", "llm": original.engine.llm},
     }
     assert dataclasses.asdict(original) == dataclasses.asdict(Settings())  # the input is left alone

@@ -39,7 +39,7 @@ def silence(seconds: float) -> np.ndarray:
 
 
 def white_noise(seconds: float, rms: float, seed: int = 0) -> np.ndarray:
-    return (np.random.default_rng(seed).standard_normal(int(seconds * RATE)) * rms).astype(np.float32)
+    return (np.random.default_rng(seed).standard_normal(round(seconds * RATE)) * rms).astype(np.float32)
 
 
 def padded(speech: np.ndarray, lead: float = 1.0, trail: float = 1.5) -> np.ndarray:

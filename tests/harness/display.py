@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.xdo import _qt_application, require_binaries, stop_process, wait_until
+from tests.harness.xdo import DIE_WITH_PARENT, _qt_application, require_binaries, stop_process, wait_until
 
 TRAY_SELECTION = "_NET_SYSTEM_TRAY_S0"
 
@@ -48,6 +48,7 @@ class XDisplay:
     log_dir: Path
     has_record: bool
     processes: list[subprocess.Popen] = dataclasses.field(default_factory=list)  # stopped last-first
+    until_exit: bool = False  # the processes live as long as this one (see running_display)
 
     @property
     def env(self) -> dict[str, str]:
@@ -66,7 +67,8 @@ class XDisplay:
         log_path = self.log_dir / "trayer.log"
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
-                ["trayer", "--edge", "top", "--align", "right", "--widthtype", "request", "--height", "24",
+                [*(DIE_WITH_PARENT if self.until_exit else []), "trayer", "--edge", "top", "--align", "right",
+                 "--widthtype", "request", "--height", "24",
                  "--transparent", "false"],
                 env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
@@ -123,12 +125,12 @@ class XDisplay:
             connection.close()
 
 
-def _start_xvfb(log_path: Path, extra_args: tuple[str, ...]) -> tuple[subprocess.Popen, str]:
+def _start_xvfb(log_path: Path, extra_args: tuple[str, ...], prefix: list[str]) -> tuple[subprocess.Popen, str]:
     """Start Xvfb on a display number it picks itself (-displayfd) and wait until it accepts clients."""
     read_end, write_end = os.pipe()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            ["Xvfb", "-displayfd", str(write_end), "-screen", "0", "1920x1080x24", "-nolisten", "tcp", *extra_args],
+            [*prefix, "Xvfb", "-displayfd", str(write_end), "-screen", "0", "1920x1080x24", "-nolisten", "tcp", *extra_args],
             pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)  # a Ctrl+C on pytest must not reach it before we stop it ourselves
     os.close(write_end)
@@ -150,17 +152,25 @@ def _start_xvfb(log_path: Path, extra_args: tuple[str, ...]) -> tuple[subprocess
 
 
 @contextlib.contextmanager
-def running_display(log_dir: Path, *, tray: bool, record: bool = True) -> Iterator[XDisplay]:
-    """An Xvfb (with trayer when `tray`; without the RECORD extension when not `record`) for the block."""
-    require_binaries("Xvfb")
+def running_display(log_dir: Path, *, tray: bool, record: bool = True, until_exit: bool = False) -> Iterator[XDisplay]:
+    """An Xvfb (with trayer when `tray`; without the RECORD extension when not `record`) for the block.
+
+    `until_exit`: for the display this process's own QApplication is on. Qt stays connected to it until the
+    interpreter ends, and Xlib ends a process whose X server went away with exit(1), so the display is left
+    running after the block and dies with this process (a parent-death signal), not before it."""
+    require_binaries("Xvfb", *(["setpriv"] if until_exit else []))
     log_dir.mkdir(parents=True, exist_ok=True)
-    server, name = _start_xvfb(log_dir / "xvfb.log", () if record else ("-extension", "RECORD"))
-    xdisplay = XDisplay(name=name, log_dir=log_dir, has_record=record, processes=[server])
+    prefix = DIE_WITH_PARENT if until_exit else []
+    server, name = _start_xvfb(log_dir / "xvfb.log", () if record else ("-extension", "RECORD"), prefix)
+    xdisplay = XDisplay(name=name, log_dir=log_dir, has_record=record, processes=[server], until_exit=until_exit)
     try:
         if tray:
             xdisplay.start_tray_host()
         yield xdisplay
-    finally:
+    except BaseException:
+        xdisplay.stop()
+        raise
+    if not until_exit:
         xdisplay.stop()
 
 
@@ -189,7 +199,7 @@ def x_display(tmp_path_factory) -> Iterator[XDisplay]:
         pytest.fail("a QApplication exists already and cannot move to the test X display: load "
                     "tests.harness.display with pytest_plugins (it starts the display before qapp)",
                     pytrace=False)
-    with running_display(tmp_path_factory.mktemp("x-display"), tray=True) as xdisplay:
+    with running_display(tmp_path_factory.mktemp("x-display"), tray=True, until_exit=True) as xdisplay:
         changes: dict[str, str | None] = {key: None for key in _UNSET_FOR_X11}
         changes.update(DISPLAY=xdisplay.name, QT_QPA_PLATFORM="xcb", XDG_SESSION_TYPE="x11")
         with _environment(changes):

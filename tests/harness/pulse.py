@@ -47,6 +47,8 @@ import numpy as np
 import pytest
 import soxr
 
+from tests.harness.xdo import DIE_WITH_PARENT, stop_process
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 APT_PACKAGES = "pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins"
@@ -133,7 +135,7 @@ class Recorder:
     def __init__(self, harness: PulseHarness, source: str, latency_ms: int = 5):
         self.recording = Recording(source)
         self._process = subprocess.Popen(
-            [*_DIE_WITH_PARENT, "parec", "-d", source, "--raw", "--format=s16le", f"--rate={RATE}", "--channels=1",
+            [*DIE_WITH_PARENT, "parec", "-d", source, "--raw", "--format=s16le", f"--rate={RATE}", "--channels=1",
              f"--latency-msec={latency_ms}"],
             env=harness.client_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -159,7 +161,7 @@ class Recorder:
             self.recording._add(data, time.monotonic())
 
     def stop(self) -> Recording:
-        _stop_process(self._process)
+        stop_process(self._process)
         self._reader.join(timeout=2.0)
         if self._process.stdout is not None:
             self._process.stdout.close()
@@ -173,7 +175,7 @@ class Feed:
         self.audio = audio_48k
         self.started = time.monotonic()
         self._process = subprocess.Popen(
-            [*_DIE_WITH_PARENT, "pacat", "--playback", "-d", MIC_FEED, "--raw", "--format=float32le", f"--rate={RATE}",
+            [*DIE_WITH_PARENT, "pacat", "--playback", "-d", MIC_FEED, "--raw", "--format=float32le", f"--rate={RATE}",
              "--channels=1", "--latency-msec=80"],
             env=harness.client_env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -195,7 +197,7 @@ class Feed:
         self._process.wait(remaining)
 
     def stop(self) -> None:
-        _stop_process(self._process)
+        stop_process(self._process)
         self._writer.join(timeout=2.0)
 
 
@@ -246,7 +248,7 @@ class PulseHarness:
         env.pop("PULSE_SERVER")  # the server must not try to reach itself as a client
         with open(self.log_path, "wb") as log:
             self._server = subprocess.Popen(
-                [*_DIE_WITH_PARENT, "pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit",
+                [*DIE_WITH_PARENT, "pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit",
                  "--log-target=stderr", "--use-pid-file=no",
                  "-L", f"module-native-protocol-unix auth-anonymous=1 socket={self.socket}"],
                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -265,10 +267,10 @@ class PulseHarness:
 
     def stop(self) -> None:
         for process in self._keepalives.values():
-            _stop_process(process)
+            stop_process(process)
         self._keepalives.clear()
         if self._server is not None:
-            _stop_process(self._server)
+            stop_process(self._server)
             self._server = None
         for key, value in self._saved_env.items():
             if value is None:
@@ -376,7 +378,7 @@ class PulseHarness:
                 other.module_id = None
         keepalive = self._keepalives.pop(name, None)
         if keepalive is not None:
-            _stop_process(keepalive)
+            stop_process(keepalive)
         self._write_alsa_config()
 
     def unplug_everything(self) -> None:
@@ -393,9 +395,9 @@ class PulseHarness:
         """An idle null sink delivers late (0.6-2 s) or nothing: keep a silent stream playing into it."""
         old = self._keepalives.pop(sink, None)
         if old is not None:
-            _stop_process(old)
+            stop_process(old)
         self._keepalives[sink] = subprocess.Popen(
-            [*_DIE_WITH_PARENT, "pacat", "--playback", "-d", sink, "--latency-msec=10", "--raw", "--format=s16le",
+            [*DIE_WITH_PARENT, "pacat", "--playback", "-d", sink, "--latency-msec=10", "--raw", "--format=s16le",
              f"--rate={RATE}", f"--channels={channels}", "/dev/zero"],
             env=self.client_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -454,29 +456,6 @@ class PulseHarness:
     def record_mic_feed(self) -> contextlib.AbstractContextManager[Recording]:
         """What the microphone hears, at the moment it hears it."""
         return self.record(f"{MIC_FEED}.monitor")
-
-
-# --- process hygiene -------------------------------------------------------------------------------
-
-
-# Children get SIGTERM when the test process dies, even by SIGKILL (setpriv sets PR_SET_PDEATHSIG and
-# execs; no Python runs between fork and exec, which a preexec_fn would do with audio threads about).
-_DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
-
-
-def _stop_process(process: subprocess.Popen, grace: float = 3.0) -> None:
-    """Stop one process we started, by its PID: terminate, then kill if it ignores us."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=grace)
-    for stream in (process.stdin, process.stdout):
-        if stream is not None and not stream.closed:
-            with contextlib.suppress(OSError, ValueError):
-                stream.close()
 
 
 # --- pytest ----------------------------------------------------------------------------------------

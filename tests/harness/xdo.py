@@ -9,6 +9,7 @@ plugin (see its docstring) and must be imported first by pytest itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -72,16 +73,24 @@ def _qt_application():
     return QCoreApplication.instance()
 
 
+# Children get SIGTERM when the test process dies, even by SIGKILL (setpriv sets PR_SET_PDEATHSIG and
+# execs; no Python runs between fork and exec, which a preexec_fn would do with audio threads about).
+DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
+
+
 def stop_process(process: subprocess.Popen, grace: float = 3.0) -> None:
-    """Stop one process we started, by its PID: terminate, then kill if it ignores us."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=grace)
+    """Stop one process we started, by its PID: terminate, then kill if it ignores us; close our pipes."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=grace)
+    for stream in (process.stdin, process.stdout):
+        if stream is not None and not stream.closed:
+            with contextlib.suppress(OSError, ValueError):
+                stream.close()
 
 
 def run_python(code: str, env: Mapping[str, str], timeout: float = 60.0) -> subprocess.CompletedProcess:

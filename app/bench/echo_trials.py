@@ -1,0 +1,174 @@
+"""Echo cancellation on open speakers, measured on the harness's echo path.
+
+The app's own audio path as ConfideApp wires it (Speaker → PlayedAudio → Microphone → EchoCanceller →
+MicRouter with the barge-in detector), on real PortAudio streams, with the virtual speaker's sound
+coming back into the virtual microphone (tests/harness/echo_path.py). No engine and no Qt: replies are
+natural speech (Piper, flite) pushed into the speaker as a reply's audio deltas would be.
+
+- echo only: replies play to the end with nobody talking; every barge-in is a false one; ERLE is the
+  microphone's echo power over what is left of it after cancellation.
+- double talk: a person speaks over a reply at the echo's level (and 6 dB under it); detection is
+  the time from their speech reaching the microphone to the detector silencing the speaker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.audio.capture import PROTOCOL_RATE, Microphone
+from app.audio.echo_canceller import EchoCanceller
+from app.audio.echo_reference import PlayedAudio
+from app.audio.playback import Speaker
+from app.audio.voice_activity import VoiceActivity
+from app.mic_router import MicRouter
+
+# Replies: natural sentences in the natural voices (formant speech defeats adaptive filters unfairly).
+REPLY_TEXTS = (
+    "Sure. The train to the airport leaves every twenty minutes from platform three.",
+    "That depends on the weather, but most people take about four hours to reach the top.",
+    "Here is a simple recipe: toast the bread, rub it with garlic, and add ripe tomatoes.",
+    "The meeting moved to Thursday afternoon, and the slides are already in the shared folder.",
+    "Bicycles stay upright mostly because of steering, not because of the spinning wheels.",
+    "I would water the basil every other day and keep it somewhere with plenty of sun.",
+)
+REPLY_VOICES = ("piper:joe", "flite:slt", "flite:awb", "flite:rms")
+USER_LINES = ("Wait, stop, that is enough.", "Hold on, I have a question.", "No, sorry, go back.",
+              "Okay, thanks, that is all.")
+USER_VOICES = ("flite:awb", "piper:joe", "flite:slt", "flite:rms")
+DETECT_WITHIN_S = 0.3  # the target: a person as loud as the echo is heard within this
+REPLY_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Reply:
+    fired: bool = False
+    fired_at: float | None = None
+    drained: threading.Event = field(default_factory=threading.Event)
+
+
+class EchoRig:
+    """The app's microphone and speaker path, echo cancellation and barge-in detector included."""
+
+    def __init__(self, echo_cancellation: bool = True, threshold: float = 0.5, min_speech_ms: float | None = None):
+        self.played = PlayedAudio()
+        self._replies: dict[str, Reply] = {}
+        self.speaker = Speaker(on_played=self.played.played, on_drained=self._on_drained)
+        self.vad = VoiceActivity(threshold=threshold, **({} if min_speech_ms is None else
+                                                          {"min_speech_ms": min_speech_ms}))
+        self.router = MicRouter(send_audio=lambda _chunk: None, speech_onset=self.vad.feed,
+                                reset_speech_onset=self.vad.reset, silence_speaker=self.speaker.cancel,
+                                on_barge_in=self._on_barge_in)
+        self.canceller = EchoCanceller(self.played, self.router.on_audio, enabled=echo_cancellation)
+        self.microphone = Microphone(on_audio=self.canceller.process)
+        self._count = 0
+
+    def start(self) -> EchoRig:
+        if not (self.speaker.start() and self.microphone.start()):
+            raise RuntimeError(f"audio devices: {self.speaker.last_error or self.microphone.last_error}")
+        return self
+
+    def stop(self) -> None:
+        self.microphone.stop()
+        self.speaker.stop()
+
+    def play(self, audio: np.ndarray) -> tuple[str, Reply]:
+        """Start a reply (24 kHz speech); returns at once."""
+        self._count += 1
+        response_id = f"resp_{self._count}"
+        reply = self._replies[response_id] = Reply()
+        self.router.guard(response_id)
+        self.speaker.push(response_id, audio)
+        self.speaker.finish(response_id)
+        return response_id, reply
+
+    def wait(self, response_id: str, timeout: float = REPLY_TIMEOUT_S) -> Reply:
+        reply = self._replies[response_id]
+        deadline = time.monotonic() + timeout
+        while not (reply.fired or reply.drained.is_set()) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self.router.guard(None)
+        return reply
+
+    def _on_drained(self, response_id: str) -> None:
+        reply = self._replies.get(response_id)
+        if reply is not None:
+            reply.drained.set()
+
+    def _on_barge_in(self, response_id: str, _onset: float) -> None:
+        reply = self._replies.get(response_id)
+        if reply is not None:
+            reply.fired, reply.fired_at = True, time.monotonic()
+
+
+def _rms(audio: np.ndarray) -> float:
+    loud = audio[np.abs(audio) > 0.01 * max(1e-9, float(np.abs(audio).max()))]
+    return float(np.sqrt(np.mean(np.square(loud)))) if loud.size else 0.0
+
+
+def echo_only(rig: EchoRig, pulse, replies: list[np.ndarray], pause_s: float = 0.3) -> dict:
+    """Play every reply to its end; count barge-ins (all false), measure ERLE and the echo's level."""
+    rig.canceller.monitor.reset_totals()
+    false_barge_ins, echo_levels = 0, []
+    for audio in replies:
+        with pulse.record_mic_feed() as heard:
+            response_id, _ = rig.play(audio)
+            reply = rig.wait(response_id)
+        false_barge_ins += reply.fired
+        echo_levels.append(_rms(heard.audio()))
+        time.sleep(pause_s)
+    return {"replies": len(replies), "false_barge_ins": false_barge_ins,
+            "erle_db": rig.canceller.monitor.erle_db(), "echo_rms": float(np.median(echo_levels))}
+
+
+@dataclass(frozen=True)
+class DoubleTalk:
+    detected: bool
+    detect_ms: float | None  # from the person's speech reaching the microphone to the speaker silenced
+
+
+def double_talk(rig: EchoRig, pulse, reply: np.ndarray, user: np.ndarray, gain: float,
+                after_s: float) -> DoubleTalk:
+    """Speak `user` (24 kHz, scaled by `gain`) over `reply`, `after_s` into it."""
+    from tests.harness.pulse import RATE, find_signal, to_rate
+
+    spoken = to_rate(user * gain, PROTOCOL_RATE)
+    with pulse.record_mic_feed() as heard:
+        response_id, _ = rig.play(reply)
+        time.sleep(after_s)
+        feed = pulse.feed_mic(spoken, RATE)
+        outcome = rig.wait(response_id)
+        feed.wait(10)
+    if not outcome.fired:
+        return DoubleTalk(False, None)
+    # Where the person's speech is in what the microphone heard (under the echo), and its first sound.
+    at, _score = find_signal(heard.audio(), spoken)
+    loud = np.flatnonzero(np.abs(spoken) > 0.01 * np.abs(spoken).max())
+    onset = heard.time_of(at + (int(loud[0]) if loud.size else 0))
+    return DoubleTalk(True, round((outcome.fired_at - onset) * 1000, 1))
+
+
+def measure(pulse, script, replies: int, doubletalk_trials: int, echo_path) -> dict:
+    """The whole AEC measurement on one echo path (a context manager from tests.harness.echo_path)."""
+    rig = EchoRig().start()
+    try:
+        with echo_path:
+            time.sleep(0.5)
+            echo = echo_only(rig, pulse, [script.replies[i % len(script.replies)] for i in range(replies)])
+            results = {"echo": echo}
+            for name, relative_db in (("equal", 0.0), ("minus_6db", -6.0)):
+                trials = []
+                for i in range(doubletalk_trials):
+                    user = script.users[i % len(script.users)]
+                    gain = echo["echo_rms"] * 10 ** (relative_db / 20) / max(_rms(user), 1e-9)
+                    trials.append(double_talk(rig, pulse, script.replies[i % len(script.replies)], user, gain,
+                                              0.6 + 0.2 * (i % 4)))
+                    time.sleep(0.4)
+                results[name] = trials
+        results["cpu_ms_per_10ms"] = round(1000 * rig.canceller.cpu_s / max(1, rig.canceller.frames_cancelled), 3)
+    finally:
+        rig.stop()
+    return results
