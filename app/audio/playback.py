@@ -116,7 +116,7 @@ class Speaker:
         on_error: Callable[[str], None] | None = None,
         on_started: Callable[[str], None] | None = None,
         on_drained: Callable[[str], None] | None = None,
-        on_played: Callable[[np.ndarray, float, int], None] | None = None,
+        on_played: Callable[[np.ndarray, float, int, int], None] | None = None,
         prebuffer_ms: int = DEFAULT_PREBUFFER_MS,
         block_ms: int = 5,
         stall_timeout_s: float = 1.0,
@@ -124,8 +124,9 @@ class Speaker:
         """`on_started(response_id)`: the response's first sample is leaving the device now.
         `on_drained(response_id)`: its last sample has left, after finish(). Both are called on the
         speaker's own thread; `on_error(message)` too, with one line for the person.
-        `on_played(block, dac_time, rate)`: a copy of every block with reply audio in it (mono, the
-        device's rate) and when its first frame leaves the device: the echo canceller's reference.
+        `on_played(block, dac_time, rate, frame_index)`: a copy of every block with reply audio in it
+        (mono, the device's rate), when its first frame leaves the device, and that frame's number in
+        the stream (0 at the stream's start): the echo canceller's reference.
         Called inside the audio callback, so it must only hand the block over."""
         self._device_spec = device
         self._on_error = on_error
@@ -140,6 +141,7 @@ class Speaker:
         self._current: _Response | None = None
         self._holding = False  # the callback plays silence and takes nothing (device change)
         self._warmup_frames = 0  # silence first: a fresh stream can lose its first few ms
+        self._frames_out = 0
         self._heard_until = 0.0  # when the last frame handed to the device will have left it
         self._history: collections.OrderedDict[str, _Response] = collections.OrderedDict()
         self._refused: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -345,6 +347,7 @@ class Speaker:
         self._use_rate(rate)
         self._latency = float(stream.latency)
         self._warmup_frames = rate * STREAM_WARMUP_MS // 1000
+        self._frames_out = 0  # handed to this stream so far: the echo reference's sample clock
         self._health.opened()
         try:
             stream.start()
@@ -423,7 +426,8 @@ class Speaker:
         if done < frames:
             out[done:] = 0.0
         if done and self._on_played is not None:
-            self._on_played(out.copy(), dac, self._rate)
+            self._on_played(out.copy(), dac, self._rate, self._frames_out)
+        self._frames_out += frames
         if outdata.shape[1] > 1:
             outdata[:, 1:] = outdata[:, :1]
 

@@ -4,7 +4,7 @@ The app is assembled as `confide` assembles it (ConfideApp with its engine subpr
 streams, global hotkeys, tray and window) on the test harness's virtual desktop: Xvfb with a tray host
 and PulseAudio with a virtual microphone and speaker. In order:
 
-1. idle CPU in push-to-talk mode, with the event loop left alone;
+1. idle CPU in push-to-talk mode, with the event loop left alone, once the audio streams rest;
 2. global hotkey → window on screen, the keys coming from the X server;
 3. hands-free: CPU while listening to silence, then spoken prompts timed from the end of speech at the
    microphone to the reply's first sound at the speaker;
@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="afterwards, run `confide-engine bench` for the engine's own figure to compare with")
     parser.add_argument("--work-dir", type=Path,
                         help="keep the run's settings, history and logs (engine, Xvfb, PulseAudio) here")
+    parser.add_argument("--aec", action="store_true",
+                        help="measure echo cancellation on open speakers instead (see app/bench/aec.py)")
+    parser.add_argument("--aec-replies", type=int, default=50,
+                        help="with --aec: echo-only replies per echo path (default 50; two paths)")
+    parser.add_argument("--doubletalk", type=int, default=12,
+                        help="with --aec: double-talk trials per level and echo path (default 12)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log the app's own messages")
     return parser
 
@@ -78,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     keep = args.work_dir is not None
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="confide-bench-"))
     try:
-        results = measure(args, work_dir)
+        if args.aec:
+            from app.bench import aec
+
+            results = aec.measure(args.aec_replies, args.doubletalk, work_dir)
+        else:
+            results = measure(args, work_dir)
     except DesktopUnavailable as error:
         print(f"confide bench: {error}", file=sys.stderr)
         return 2
@@ -143,6 +154,7 @@ def _measure_app(args, desktop, prompts, long_requests, interjections, screen_li
     from app.confide_app import ConfideApp
     from app.history import ConversationHistory
     from app.settings import Settings
+    from app.standby import STANDBY_AFTER_S
     from app.state import AppState
 
     settings = Settings()
@@ -163,6 +175,8 @@ def _measure_app(args, desktop, prompts, long_requests, interjections, screen_li
         engine_pid = engine_child_pid()
 
         _progress(f"idle CPU, push-to-talk ({args.idle_seconds:.0f} s)")
+        # Idle as it is all day: after the first seconds the audio streams rest (app/standby.py).
+        run_until(lambda: confide.standby.resting, STANDBY_AFTER_S + 10, "audio standby")
         run_for(SETTLE_S)
         idle = CpuWindow(engine_pid).start()
         run_for(args.idle_seconds)

@@ -89,6 +89,25 @@ def virtual_desktop(work_dir: Path | None = None) -> Iterator[Desktop]:
         raise DesktopUnavailable(f"the desktop harness could not start ({error}); {SETUP_HINT}") from None
 
 
+@contextlib.contextmanager
+def virtual_audio(work_dir: Path | None = None) -> Iterator[object]:
+    """PulseAudio with the virtual microphone and speaker only (no display), for the block."""
+    _display_module, pulse_module = load_harness()
+    refusals = _harness_refusals(pulse_module)
+    isolate_user_folders(Path(work_dir or tempfile.mkdtemp(prefix="confide-bench-")))
+    try:
+        pulse = pulse_module.PulseHarness().start()
+    except refusals as error:
+        raise DesktopUnavailable(f"the audio harness could not start ({error}); {SETUP_HINT}") from None
+    try:
+        from app.audio import devices
+
+        devices.refresh()
+        yield pulse
+    finally:
+        pulse.stop()
+
+
 def _qt_application():
     from PySide6.QtWidgets import QApplication
 

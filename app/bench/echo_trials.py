@@ -25,6 +25,8 @@ from app.audio.echo_reference import PlayedAudio
 from app.audio.playback import Speaker
 from app.audio.voice_activity import VoiceActivity
 from app.mic_router import MicRouter
+from app.session_setup import barge_in_threshold
+from app.settings import ConversationSettings
 
 # Replies: natural sentences in the natural voices (formant speech defeats adaptive filters unfairly).
 REPLY_TEXTS = (
@@ -53,18 +55,23 @@ class Reply:
 class EchoRig:
     """The app's microphone and speaker path, echo cancellation and barge-in detector included."""
 
-    def __init__(self, echo_cancellation: bool = True, threshold: float = 0.5, min_speech_ms: float | None = None):
+    def __init__(self, echo_cancellation: bool = True, threshold: float | None = None,
+                 min_speech_ms: float | None = None):
         self.played = PlayedAudio()
         self._replies: dict[str, Reply] = {}
         self.speaker = Speaker(on_played=self.played.played, on_drained=self._on_drained)
+        if threshold is None:  # as the app sets it at the default sensitivity
+            threshold = barge_in_threshold(ConversationSettings().vad_sensitivity, echo_cancellation)
         self.vad = VoiceActivity(threshold=threshold, **({} if min_speech_ms is None else
                                                           {"min_speech_ms": min_speech_ms}))
         self.router = MicRouter(send_audio=lambda _chunk: None, speech_onset=self.vad.feed,
                                 reset_speech_onset=self.vad.reset, silence_speaker=self.speaker.cancel,
-                                on_barge_in=self._on_barge_in)
+                                on_barge_in=self._on_barge_in,
+                                echo_likeness=lambda span_s: self.canceller.echo_likeness(span_s))
         self.canceller = EchoCanceller(self.played, self.router.on_audio, enabled=echo_cancellation)
         self.microphone = Microphone(on_audio=self.canceller.process)
         self._count = 0
+        self.last_fired_at = 0.0  # when the detector last silenced a reply
 
     def start(self) -> EchoRig:
         if not (self.speaker.start() and self.microphone.start()):
@@ -102,6 +109,7 @@ class EchoRig:
         reply = self._replies.get(response_id)
         if reply is not None:
             reply.fired, reply.fired_at = True, time.monotonic()
+            self.last_fired_at = reply.fired_at
 
 
 def _rms(audio: np.ndarray) -> float:
@@ -151,9 +159,30 @@ def double_talk(rig: EchoRig, pulse, reply: np.ndarray, user: np.ndarray, gain: 
     return DoubleTalk(True, round((outcome.fired_at - onset) * 1000, 1))
 
 
-def measure(pulse, script, replies: int, doubletalk_trials: int, echo_path) -> dict:
-    """The whole AEC measurement on one echo path (a context manager from tests.harness.echo_path)."""
-    rig = EchoRig().start()
+@dataclass
+class EchoScript:
+    replies: list[np.ndarray]  # 24 kHz speech, played as replies
+    users: list[np.ndarray]  # 24 kHz speech, the person talking over them
+
+
+def synthesize_script(source_root) -> EchoScript:
+    """Every reply text in several voices, every user line; in a child process (see spoken_lines)."""
+    from app.bench.spoken_lines import synthesize
+
+    reply_lines = [(text, REPLY_VOICES[(i + j) % len(REPLY_VOICES)]) for j in range(2)
+                   for i, text in enumerate(REPLY_TEXTS)]
+    user_lines = list(zip(USER_LINES, USER_VOICES))
+    script = synthesize(0, reply_lines + user_lines, source_root)
+    audio = [line.audio for line in script.lines]
+    return EchoScript(audio[:len(reply_lines)], audio[len(reply_lines):])
+
+
+def measure_path(pulse, script: EchoScript, replies: int, doubletalk_trials: int, echo_path,
+                 rig: EchoRig | None = None) -> dict:
+    """Echo only, then double talk at the echo's level and 6 dB under it, on one echo path (a context
+    manager from tests.harness.echo_path). A fresh canceller unless `rig` is given."""
+    own_rig = rig is None
+    rig = rig or EchoRig().start()
     try:
         with echo_path:
             time.sleep(0.5)
@@ -164,11 +193,29 @@ def measure(pulse, script, replies: int, doubletalk_trials: int, echo_path) -> d
                 for i in range(doubletalk_trials):
                     user = script.users[i % len(script.users)]
                     gain = echo["echo_rms"] * 10 ** (relative_db / 20) / max(_rms(user), 1e-9)
-                    trials.append(double_talk(rig, pulse, script.replies[i % len(script.replies)], user, gain,
-                                              0.6 + 0.2 * (i % 4)))
+                    trials.append(double_talk(rig, pulse, script.replies[(i + 3) % len(script.replies)], user,
+                                              gain, 0.6 + 0.2 * (i % 4)))
                     time.sleep(0.4)
                 results[name] = trials
         results["cpu_ms_per_10ms"] = round(1000 * rig.canceller.cpu_s / max(1, rig.canceller.frames_cancelled), 3)
     finally:
-        rig.stop()
+        if own_rig:
+            rig.stop()
     return results
+
+
+def path_figures(results: dict) -> dict:
+    echo = results["echo"]
+    figures = {"erle_db": echo["erle_db"], "replies": echo["replies"], "false_barge_ins": echo["false_barge_ins"],
+               "false_bargein_rate": round(echo["false_barge_ins"] / max(1, echo["replies"]), 4),
+               "echo_rms_dbfs": round(20 * np.log10(max(echo["echo_rms"], 1e-9)), 1),
+               "aec_cpu_ms_per_10ms": results["cpu_ms_per_10ms"]}
+    for name in ("equal", "minus_6db"):
+        trials = results[name]
+        times = [t.detect_ms for t in trials if t.detected]
+        suffix = "" if name == "equal" else "_minus_6db"
+        figures[f"doubletalk_detect_rate{suffix}"] = round(
+            sum(t.detected and t.detect_ms <= DETECT_WITHIN_S * 1000 for t in trials) / max(1, len(trials)), 3)
+        figures[f"doubletalk_detected_at_all{suffix}"] = f"{len(times)}/{len(trials)}"
+        figures[f"doubletalk_detect_ms_p50{suffix}"] = round(float(np.median(times)), 1) if times else None
+    return figures

@@ -106,9 +106,13 @@ def test_spoken_question_gets_a_spoken_relevant_answer(confide, qtbot, pulse_aud
     assert turns[-1].role == "assistant" and not turns[-1].interrupted
 
 
-def test_push_to_talk_turn(confide, qtbot, pulse_audio, asr):
+def test_push_to_talk_turn_from_audio_standby(confide, qtbot, pulse_audio, asr):
     assert not confide.controller.hands_free
+    # Idle in push-to-talk: the audio streams close after a while (idle CPU), and the talk key reopens them.
+    pump(qtbot, lambda: confide.standby.resting, 15, "audio standby")
+    assert not confide.microphone.running and not confide.speaker.running
     confide.controller.talk_pressed()
+    assert confide.microphone.running and confide.speaker.running
     feed = pulse_audio.feed_mic(say("What is the capital of France?", "piper:joe"), 24_000)
     feed.wait(10)
     qtbot.wait(200)

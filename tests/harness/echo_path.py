@@ -41,7 +41,7 @@ def acoustic_echo(pulse: PulseHarness, latency_ms: int = 60, gain_db: float = -6
     try:
         wait_until(lambda: _loopback_input(pulse, module_id), timeout=5, what="the loopback's stream")
         # "--": a negative volume must not be read as an option.
-        pulse.pactl("set-sink-input-volume", "--", _loopback_input(pulse, module_id), f"{gain_db:+.1f}dB")
+        pulse.pactl("--", "set-sink-input-volume", _loopback_input(pulse, module_id), f"{gain_db:+.1f}dB")
         yield
     finally:
         pulse.pactl("unload-module", module_id, check=False)

@@ -1,0 +1,73 @@
+"""`confide bench --aec`: echo cancellation on open speakers, on the harness's two echo paths.
+
+- loopback: PulseAudio's module-loopback from the speaker's monitor into the microphone, 60 ms late,
+  6 dB down (a laptop hearing its own speakers);
+- coloured: the same through a small, overdriven loudspeaker model (250-5000 Hz band-pass, tanh
+  saturation), at the speaker's full level: the nonlinear echo a linear filter cannot model fully.
+
+On each: replies played to the end with nobody talking (every barge-in is a false one; ERLE), then a
+person talking over replies as loud as the echo and 6 dB quieter (detection within 300 ms, and its
+time). The top-level figures are the worse of the two paths.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from app.bench.desktop import SOURCE_ROOT, virtual_audio
+
+TARGETS = {  # figure: (limit, "min" or "max"); reported, never asserted
+    "erle_db": (35.0, "min"),
+    "false_bargein_rate": (0.0, "max"),
+    "doubletalk_detect_rate": (0.9, "min"),
+}
+WORST = {"erle_db": min, "false_bargein_rate": max, "doubletalk_detect_rate": min,
+         "doubletalk_detect_ms_p50": max, "doubletalk_detect_rate_minus_6db": min,
+         "doubletalk_detect_ms_p50_minus_6db": max, "aec_cpu_ms_per_10ms": max}
+
+
+def _progress(text: str) -> None:
+    import sys
+
+    print(f"confide bench --aec: {text}", file=sys.stderr, flush=True)
+
+
+def measure(replies: int, doubletalk_trials: int, work_dir) -> dict:
+    from app.bench import echo_trials
+
+    load = round(os.getloadavg()[0], 2)
+    _progress("synthesising replies and interruptions")
+    script = echo_trials.synthesize_script(SOURCE_ROOT)
+    paths = {}
+    with virtual_audio(work_dir) as pulse:
+        from tests.harness.echo_path import acoustic_echo, coloured_echo
+
+        for name, path in (("loopback", lambda: acoustic_echo(pulse, latency_ms=60, gain_db=-6.0)),
+                           ("coloured", lambda: coloured_echo(pulse, gain_db=0.0, drive=4.0))):
+            _progress(f"{name} echo path: {replies} replies, {doubletalk_trials} × 2 double-talk trials")
+            began = time.monotonic()
+            paths[name] = echo_trials.path_figures(
+                echo_trials.measure_path(pulse, script, replies, doubletalk_trials, path()))
+            paths[name]["seconds"] = round(time.monotonic() - began, 1)
+    results = {}
+    for key, pick in WORST.items():
+        values = [p[key] for p in paths.values() if p.get(key) is not None]
+        results[key] = pick(values) if values else None
+    results["false_barge_ins"] = sum(p["false_barge_ins"] for p in paths.values())
+    results["replies"] = sum(p["replies"] for p in paths.values())
+    results["paths"] = paths
+    results["conditions"] = {
+        "loopback": "module-loopback speaker monitor → microphone, 60 ms, -6 dB",
+        "coloured": "band-pass 250-5000 Hz, tanh drive 4, 0 dB, ~60 ms",
+        "replies": "natural speech: Piper (joe) and flite (slt, awb, rms)",
+        "users": "flite and Piper, scaled to the echo's RMS at the microphone (equal) and 6 dB under it",
+        "detect_within_ms": echo_trials.DETECT_WITHIN_S * 1000,
+    }
+    results["cpu_cores"] = os.cpu_count()
+    results["load_average_1m_at_start"] = load
+    results["targets"] = {
+        name: {"limit": limit, "met": results[name] is not None and
+               (results[name] >= limit if kind == "min" else results[name] <= limit)}
+        for name, (limit, kind) in TARGETS.items()}
+    return results
