@@ -14,6 +14,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QCursor
 from PySide6.QtWidgets import QApplication
 
+from app.audio.barge_in_detector import BargeInDetector
 from app.audio.capture import Microphone
 from app.audio.devices import DeviceWatcher
 from app.audio.echo_canceller import EchoCanceller
@@ -28,7 +29,7 @@ from app.history import ConversationHistory, HistoryWriteError
 from app.hotkeys import GlobalHotkeys
 from app.mic_router import MicRouter
 from app.screen import ScreenCaptureError, capture_screen_at
-from app.session_setup import barge_in_threshold
+from app.session_setup import vad_threshold
 from app.settings import Settings, save_settings
 from app.standby import AudioStandby
 from app.ui.settings_dialog import SettingsDialog
@@ -124,15 +125,16 @@ class ConfideApp(QObject):
         self.speaker = Speaker(settings.audio.output_device, on_error=self.bridge.speaker_error.emit,
                                on_started=self.bridge.playback_started.emit,
                                on_drained=self.bridge.playback_drained.emit, on_played=self.played_audio.played)
-        self.voice_activity = VoiceActivity(threshold=barge_in_threshold(settings.conversation.vad_sensitivity,
-                                                                          settings.audio.echo_cancellation))
-        self.router = MicRouter(self.link.send_audio, self.voice_activity.feed, self.voice_activity.reset,
-                                self.speaker.cancel, self.bridge.barge_in.emit, self.bridge.level.emit,
-                                echo_likeness=lambda span_s: self.echo_canceller.echo_likeness(span_s))
+        self.voice_activity = VoiceActivity()
+        self.router = MicRouter(self.link.send_audio, lambda chunk: self.barge_in_detector.feed(chunk),
+                                lambda: self.barge_in_detector.reset(), self.speaker.cancel, self.bridge.barge_in.emit,
+                                self.bridge.level.emit)
         self.echo_canceller = EchoCanceller(self.played_audio, self.router.on_audio,
                                             enabled=settings.audio.echo_cancellation,
                                             noise_suppression=settings.audio.noise_suppression,
                                             on_failing=self.bridge.echo_failing.emit)
+        self.barge_in_detector = BargeInDetector(self.voice_activity, self.echo_canceller,
+                                                 vad_threshold(settings.conversation.vad_sensitivity))
         self.microphone = Microphone(settings.audio.input_device, on_audio=self.echo_canceller.process,
                                      on_error=self.bridge.mic_error.emit)
         self.device_watcher = DeviceWatcher(self.bridge.devices_changed.emit)
@@ -387,8 +389,7 @@ class ConfideApp(QObject):
         talk = self.controller.settings
         talk.sensitivity, talk.speed = updated.conversation.vad_sensitivity, updated.voice.speed
         talk.instructions = updated.conversation.instructions
-        self.voice_activity.threshold = barge_in_threshold(updated.conversation.vad_sensitivity,
-                                                          updated.audio.echo_cancellation)
+        self.barge_in_detector.threshold = vad_threshold(updated.conversation.vad_sensitivity)
         self.controller.set_hands_free(updated.conversation.hands_free)
         self.controller.apply_settings()
         if (updated.engine.url, updated.engine.token) != (previous.engine.url, previous.engine.token) and updated.engine.url:

@@ -22,30 +22,21 @@ LEVEL_INTERVAL_S = 0.05  # the meter needs 20 updates a second, not one per 10 m
 # Held back while a reply plays: covers the detector's decision time (≤ 0.3 s) and the engine's own
 # speech padding before the onset (0.3 s), with room to spare.
 HOLD_S = 1.0
-# An onset whose audio correlates this well with what was just played is the reply leaking through the
-# echo canceller, not the person (measured: leaks 0.39-0.73, people talking over a reply 0.11-0.38
-# with one outlier, over the last 128 ms).
-ECHO_VETO = 0.5
-ECHO_SPAN_S = 0.128
 
 
 class MicRouter:
     def __init__(self, send_audio: Callable[[np.ndarray], object], speech_onset: Callable[[np.ndarray], bool],
                  reset_speech_onset: Callable[[], None], silence_speaker: Callable[[str], object],
-                 on_barge_in: Callable[[str, float], None], on_level: Callable[[float], None] | None = None,
-                 echo_likeness: Callable[[float], float] | None = None):
+                 on_barge_in: Callable[[str, float], None], on_level: Callable[[float], None] | None = None):
         """`speech_onset(chunk) -> bool` is the local speech detector (fed on this thread only);
         `silence_speaker(response_id)` must stop the reply's audio at once;
-        `on_barge_in(response_id, onset_monotonic)` then tells the controller;
-        `echo_likeness(span_s)` (the echo canceller's) vetoes onsets that are the reply's own echo."""
+        `on_barge_in(response_id, onset_monotonic)` then tells the controller."""
         self._send_audio = send_audio
         self._speech_onset = speech_onset
         self._reset_speech_onset = reset_speech_onset
         self._silence_speaker = silence_speaker
         self._on_barge_in = on_barge_in
         self._on_level = on_level
-        self._echo_likeness = echo_likeness
-        self.echo_vetoes = 0  # onsets taken for echo
         self._lock = threading.Lock()
         self._streaming = False
         self._guarding: str | None = None  # the response a barge-in would interrupt
@@ -81,7 +72,7 @@ class MicRouter:
             return
         if fresh:
             self._reset_speech_onset()
-        if self._speech_onset(chunk) and not self._is_echo():
+        if self._speech_onset(chunk):
             with self._lock:
                 if self._guarding != guarding:
                     return  # the reply ended (or another began) while this chunk was analysed
@@ -92,13 +83,6 @@ class MicRouter:
             self._on_barge_in(guarding, capture_time if capture_time is not None else time.monotonic())
             for piece in held:
                 self._send_audio(piece)
-
-    def _is_echo(self) -> bool:
-        if self._echo_likeness is None or self._echo_likeness(ECHO_SPAN_S) < ECHO_VETO:
-            return False
-        self.echo_vetoes += 1
-        self._reset_speech_onset()  # judge afresh: a person who really is talking gets another onset
-        return True
 
     def _hold(self, chunk: np.ndarray) -> None:
         """Under the lock."""

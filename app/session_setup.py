@@ -9,17 +9,6 @@ def vad_threshold(sensitivity: float) -> float:
     return round(min(0.9, max(0.1, 0.9 - 0.8 * sensitivity)), 2)  # 0.5 -> 0.5, the engine's default
 
 
-# Over a playing reply with echo cancellation on, what is left of the echo must not pass for speech:
-# on the harness's saturating speaker path the residual's speech score reached 0.55-0.67 in 1 of 20
-# replies, while a person as loud as the echo scores 0.95-1.0 (`confide bench --aec`).
-ECHO_MARGIN = 0.2
-
-
-def barge_in_threshold(sensitivity: float, echo_cancelled: bool) -> float:
-    """The local barge-in detector's threshold: the engine's, raised while it listens through echo."""
-    return round(min(0.9, vad_threshold(sensitivity) + (ECHO_MARGIN if echo_cancelled else 0.0)), 2)
-
-
 def session_update(*, hands_free: bool, sensitivity: float, silence_ms: int, voice: str, speed: float,
                    instructions: str = "") -> dict[str, Any]:
     """Hands-free: the engine's server VAD ends turns and answers by itself. Push-to-talk: the app

@@ -11,6 +11,7 @@ spent on it. EchoMonitor keeps the figures (ERLE) and the verdict on whether the
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ TIMELINE_NUDGE = 0.01  # per chunk: jitter is averaged over ~100 chunks (a secon
 ACTIVE_REFERENCE = 1e-5  # -50 dBFS mean square: the speaker is really playing something
 AUDIBLE_ECHO = 1e-6  # -60 dBFS at the microphone: quieter than that there is nothing to judge
 MONITOR_WINDOW_S = 2.0  # the verdict looks at this much playback
+ECHO_MEMORY = 300  # playback frames (3 s) that say whether the speaker is heard at the microphone
 MIN_ERLE_DB = 6.0  # below this over a whole window of playback, the echo is getting through
 # Echo-likeness (see EchoCanceller.echo_likeness): how far back the echo may lag what was played, and
 # how much recent audio is kept to look there.
@@ -50,6 +52,8 @@ class EchoMonitor:
 
     def __init__(self, window_s: float = MONITOR_WINDOW_S, min_erle_db: float = MIN_ERLE_DB):
         self._window_frames = int(window_s * 100)
+        # Of the last ECHO_MEMORY frames with the speaker playing, which had the microphone hear something.
+        self._audible: collections.deque[bool] = collections.deque(maxlen=ECHO_MEMORY)
         self._min_erle_db = min_erle_db
         self._lock = threading.Lock()
         self.reset_totals()
@@ -66,6 +70,7 @@ class EchoMonitor:
         if float(np.dot(far, far)) / len(far) < ACTIVE_REFERENCE:
             return False
         power_in = float(np.dot(near, near)) / len(near)
+        self._audible.append(power_in >= AUDIBLE_ECHO)
         if power_in < AUDIBLE_ECHO:
             return False
         power_out = float(np.dot(cleaned, cleaned)) / len(cleaned)
@@ -82,6 +87,12 @@ class EchoMonitor:
         self._recent_in = self._recent_out = 0.0
         self._recent_frames = 0
         return failing
+
+    def echo_heard(self) -> bool:
+        """Whether the speaker's sound reaches the microphone: most recent playback frames were audible
+        there. The person's own speech over a reply is too short a part of the memory to tip it."""
+        audible = self._audible
+        return len(audible) >= ECHO_MEMORY // 4 and sum(audible) > len(audible) // 2
 
     def erle_db(self) -> float | None:
         """Echo return loss enhancement over everything counted so far."""
@@ -195,6 +206,10 @@ class EchoCanceller:
     def reset(self) -> None:
         """Forget the learnt echo path (after a device change)."""
         self._processor = None
+
+    def echo_heard(self) -> bool:
+        """Whether the speaker's sound reaches the microphone (open speakers, not headphones)."""
+        return self.enabled and self.monitor.echo_heard()
 
     def echo_likeness(self, span_s: float) -> float:
         """How much the last `span_s` of cleaned audio looks like an echo of what was played: the

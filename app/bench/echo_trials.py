@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from app.audio.barge_in_detector import BargeInDetector
 from app.audio.capture import PROTOCOL_RATE, Microphone
 from app.audio.echo_canceller import EchoCanceller
 from app.audio.echo_reference import PlayedAudio
 from app.audio.playback import Speaker
 from app.audio.voice_activity import VoiceActivity
 from app.mic_router import MicRouter
-from app.session_setup import barge_in_threshold
+from app.session_setup import vad_threshold
 from app.settings import ConversationSettings
 
 # Replies: natural sentences in the natural voices (formant speech defeats adaptive filters unfairly).
@@ -60,15 +61,14 @@ class EchoRig:
         self.played = PlayedAudio()
         self._replies: dict[str, Reply] = {}
         self.speaker = Speaker(on_played=self.played.played, on_drained=self._on_drained)
-        if threshold is None:  # as the app sets it at the default sensitivity
-            threshold = barge_in_threshold(ConversationSettings().vad_sensitivity, echo_cancellation)
-        self.vad = VoiceActivity(threshold=threshold, **({} if min_speech_ms is None else
-                                                          {"min_speech_ms": min_speech_ms}))
-        self.router = MicRouter(send_audio=lambda _chunk: None, speech_onset=self.vad.feed,
-                                reset_speech_onset=self.vad.reset, silence_speaker=self.speaker.cancel,
-                                on_barge_in=self._on_barge_in,
-                                echo_likeness=lambda span_s: self.canceller.echo_likeness(span_s))
+        self.vad = VoiceActivity(**({} if min_speech_ms is None else {"min_speech_ms": min_speech_ms}))
+        self.router = MicRouter(send_audio=lambda _chunk: None, speech_onset=lambda chunk: self.detector.feed(chunk),
+                                reset_speech_onset=lambda: self.detector.reset(), silence_speaker=self.speaker.cancel,
+                                on_barge_in=self._on_barge_in)
         self.canceller = EchoCanceller(self.played, self.router.on_audio, enabled=echo_cancellation)
+        # As the app sets it at the default sensitivity.
+        self.detector = BargeInDetector(self.vad, self.canceller, vad_threshold(ConversationSettings().vad_sensitivity)
+                                        if threshold is None else threshold)
         self.microphone = Microphone(on_audio=self.canceller.process)
         self._count = 0
         self.last_fired_at = 0.0  # when the detector last silenced a reply

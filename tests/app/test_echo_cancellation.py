@@ -124,6 +124,15 @@ def test_monitor_says_failing_only_when_a_whole_window_of_echo_gets_through():
     assert silent.erle_db() is None
 
 
+def test_echo_is_heard_when_most_playback_reaches_the_microphone_and_a_person_alone_does_not_tip_it():
+    far, loud, quiet = (np.full(FRAME, level, np.float32) for level in (0.1, 0.05, 0.0))
+    headphones, speakers = EchoMonitor(), EchoMonitor()
+    for i in range(300):
+        headphones.add(loud if i % 10 == 0 else quiet, quiet, far)  # the person, now and then
+        speakers.add(loud, loud * 0.01, far)
+    assert not headphones.echo_heard() and speakers.echo_heard()
+
+
 # --- the real path on the harness ----------------------------------------------------------------
 
 

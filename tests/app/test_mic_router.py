@@ -67,22 +67,3 @@ def test_push_to_talk_not_held_sends_nothing_even_on_barge_in():
     rig.chunks(8)
     assert rig.sent() == [] and ("barge_in", "resp_1") in rig.log
 
-
-def test_an_onset_that_is_the_replys_own_echo_is_vetoed_and_judged_afresh():
-    rig = Rig()
-    likeness = {"value": 0.9}
-    spans = []
-    rig.router = MicRouter(send_audio=lambda chunk: rig.log.append(("send", int(chunk[0]))),
-                           speech_onset=lambda chunk: int(chunk[0]) in rig.onsets,
-                           reset_speech_onset=lambda: rig.log.append(("reset",)),
-                           silence_speaker=lambda rid: rig.log.append(("silence", rid)),
-                           on_barge_in=lambda rid, _onset: rig.log.append(("barge_in", rid)),
-                           echo_likeness=lambda span: spans.append(span) or likeness["value"])
-    rig.router.guard("resp_1")
-    rig.onsets = {3, 6}
-    rig.chunks(4)
-    assert not any(entry[0] == "barge_in" for entry in rig.log) and rig.router.echo_vetoes == 1
-    assert rig.log.count(("reset",)) == 2  # the fresh guard, then the veto
-    likeness["value"] = 0.1  # the person, not the echo
-    rig.chunks(3)
-    assert ("barge_in", "resp_1") in rig.log and spans == [0.128, 0.128]
