@@ -90,14 +90,17 @@ class EchoMonitor:
 
     def echo_heard(self) -> bool:
         """Whether the speaker's sound reaches the microphone: most recent playback frames were audible
-        there. The person's own speech over a reply is too short a part of the memory to tip it."""
+        there (and, until enough playback was seen, yes). The person's own speech over a reply is too
+        short a part of the memory to tip it."""
         audible = self._audible
-        return len(audible) >= ECHO_MEMORY // 4 and sum(audible) > len(audible) // 2
+        if len(audible) < ECHO_MEMORY // 4:
+            return True  # not known yet: assume the worst until a second of playback says otherwise
+        return sum(audible) > len(audible) // 2
 
     def erle_db(self) -> float | None:
         """Echo return loss enhancement over everything counted so far."""
         with self._lock:
-            return None if self.frames == 0 else round(_db(self.total_in, self.total_out), 1)
+            return None if self.frames == 0 else round(float(_db(self.total_in, self.total_out)), 1)
 
 
 class _Recent:
@@ -254,6 +257,10 @@ class EchoCanceller:
         self._recent_far.add(far)
         if self.monitor.add(frame, cleaned, far) and self._on_failing is not None:
             self._on_failing()
+        if not self.monitor.echo_heard():
+            # Nothing of the speaker reaches the microphone (headphones): the raw signal is the person
+            # alone, and AEC3's double-talk suppression would only dull their first syllable.
+            return frame
         return cleaned
 
     def _flush_pending(self) -> None:

@@ -67,7 +67,7 @@ def measure(replies: int, doubletalk_trials: int, work_dir) -> dict:
     results["cpu_cores"] = os.cpu_count()
     results["load_average_1m_at_start"] = load
     results["targets"] = {
-        name: {"limit": limit, "met": results[name] is not None and
-               (results[name] >= limit if kind == "min" else results[name] <= limit)}
+        name: {"limit": limit, "met": bool(results[name] is not None and
+                                           (results[name] >= limit if kind == "min" else results[name] <= limit))}
         for name, (limit, kind) in TARGETS.items()}
     return results

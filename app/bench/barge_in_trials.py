@@ -24,6 +24,20 @@ REPLY_START_TIMEOUT_S = 60.0
 # A conversation full of interrupted replies teaches a small model to answer in a word: the person's
 # own instructions (a setting) ask for long answers, as the engine benchmark's do.
 AT_LENGTH = "Answer at length: at least eight full sentences."
+# Every trial asks something new: a small model shown its own cut-short answer to the same request
+# repeats it word for word, and a two-word reply is over before anyone can talk over it.
+STORY_SUBJECTS = (
+    "a lighthouse keeper who befriends a lost whale", "a robot who plants a garden on the moon",
+    "a clockmaker who can pause time for one minute a day", "a fox who runs a tiny bookshop",
+    "two astronauts who find a piano on Mars", "a girl who teaches her grandmother to surf",
+    "a city where it rains lemonade every Tuesday", "a shy dragon who opens a bakery",
+    "a detective cat solving the case of the missing socks", "a sailor who maps the stars",
+    "a violin that plays only at midnight", "a beekeeper who talks to the queen bee",
+    "a train that travels to yesterday", "an old tree that remembers every child who climbed it",
+    "a chef who cooks only with snow", "a mountain village that hides from maps",
+    "a painter whose portraits whisper", "a boy who collects echoes in jars",
+    "a penguin who wants to fly south", "a library that rearranges itself every night",
+)
 DETECTION_GRACE_S = 2.0  # after the speech ended: a detector that has not fired by then never will
 SETTLE_S = 0.5  # recording goes on after the cut, so reply audio that played on would be caught
 
@@ -80,7 +94,9 @@ def barge_ins(pulse, confide, probe, requests: list[str], speeches: list[SpokenL
     index = 0
     while sum(t.reply_playing for t in timings) < trials and index < 2 * trials:
         listen_s = 0.4 + 0.3 * (index % 5)  # interrupt early and late in the reply
-        timings.append(barge_in(pulse, confide, probe, requests[index % len(requests)],
+        request = (f"Tell me a long story about {STORY_SUBJECTS[index % len(STORY_SUBJECTS)]}."
+                   if index < len(STORY_SUBJECTS) else requests[index % len(requests)])
+        timings.append(barge_in(pulse, confide, probe, request,
                                 speeches[index % len(speeches)], listen_s))
         run_until(lambda: confide.controller.state is AppState.IDLE, 30)
         run_for(pause_s)

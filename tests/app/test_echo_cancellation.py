@@ -131,6 +131,7 @@ def test_echo_is_heard_when_most_playback_reaches_the_microphone_and_a_person_al
         headphones.add(loud if i % 10 == 0 else quiet, quiet, far)  # the person, now and then
         speakers.add(loud, loud * 0.01, far)
     assert not headphones.echo_heard() and speakers.echo_heard()
+    assert EchoMonitor().echo_heard()  # before any playback was seen: assume open speakers
 
 
 # --- the real path on the harness ----------------------------------------------------------------
