@@ -11,7 +11,6 @@ spent on it. EchoMonitor keeps the figures (ERLE) and the verdict on whether the
 
 from __future__ import annotations
 
-import collections
 import threading
 import time
 from collections.abc import Callable
@@ -31,12 +30,17 @@ TIMELINE_NUDGE = 0.01  # per chunk: jitter is averaged over ~100 chunks (a secon
 ACTIVE_REFERENCE = 1e-5  # -50 dBFS mean square: the speaker is really playing something
 AUDIBLE_ECHO = 1e-6  # -60 dBFS at the microphone: quieter than that there is nothing to judge
 MONITOR_WINDOW_S = 2.0  # the verdict looks at this much playback
-ECHO_MEMORY = 300  # playback frames (3 s) that say whether the speaker is heard at the microphone
 MIN_ERLE_DB = 6.0  # below this over a whole window of playback, the echo is getting through
-# Echo-likeness (see EchoCanceller.echo_likeness): how far back the echo may lag what was played, and
-# how much recent audio is kept to look there.
+# Echo-likeness (see EchoCanceller._likeness): how far back the echo may lag what was played, and how
+# much recent audio is kept to look there.
 MAX_ECHO_LAG_S = 0.4
 RECENT_S = 1.0
+# Whether the speaker is heard at the microphone at all: the raw microphone's likeness to what played,
+# over PRESENCE_SPAN_S, looked at every PRESENCE_EVERY frames of playback. An echo scores 0.8-0.95 on
+# the harness's paths (the saturating one too); noise, or a person with headphones on, well under 0.3.
+PRESENCE_SPAN_S = 0.5
+PRESENCE_EVERY = 100
+ECHO_PRESENT = 0.5
 LIKENESS_DECIMATION = 3  # 24 kHz → 8 kHz: speech's correlation lives below 4 kHz, and it is 9× cheaper
 
 
@@ -52,8 +56,7 @@ class EchoMonitor:
 
     def __init__(self, window_s: float = MONITOR_WINDOW_S, min_erle_db: float = MIN_ERLE_DB):
         self._window_frames = int(window_s * 100)
-        # Of the last ECHO_MEMORY frames with the speaker playing, which had the microphone hear something.
-        self._audible: collections.deque[bool] = collections.deque(maxlen=ECHO_MEMORY)
+
         self._min_erle_db = min_erle_db
         self._lock = threading.Lock()
         self.reset_totals()
@@ -70,7 +73,6 @@ class EchoMonitor:
         if float(np.dot(far, far)) / len(far) < ACTIVE_REFERENCE:
             return False
         power_in = float(np.dot(near, near)) / len(near)
-        self._audible.append(power_in >= AUDIBLE_ECHO)
         if power_in < AUDIBLE_ECHO:
             return False
         power_out = float(np.dot(cleaned, cleaned)) / len(cleaned)
@@ -87,15 +89,6 @@ class EchoMonitor:
         self._recent_in = self._recent_out = 0.0
         self._recent_frames = 0
         return failing
-
-    def echo_heard(self) -> bool:
-        """Whether the speaker's sound reaches the microphone: most recent playback frames were audible
-        there (and, until enough playback was seen, yes). The person's own speech over a reply is too
-        short a part of the memory to tip it."""
-        audible = self._audible
-        if len(audible) < ECHO_MEMORY // 4:
-            return True  # not known yet: assume the worst until a second of playback says otherwise
-        return sum(audible) > len(audible) // 2
 
     def erle_db(self) -> float | None:
         """Echo return loss enhancement over everything counted so far."""
@@ -150,7 +143,9 @@ class EchoCanceller:
         self._timeline = -1e9  # capture time of the next sample to arrive (see _place)
         self._last_played = -1e9  # when the reference last had something in it
         self.monitor = EchoMonitor()
-        self._recent_cleaned = _Recent(round(RECENT_S * PROTOCOL_RATE))
+        self._recent_near = _Recent(round(RECENT_S * PROTOCOL_RATE))
+        self._echo_present: bool | None = None  # None: not known yet (see echo_heard)
+        self._playing_frames = 0
         self._recent_far = _Recent(round(RECENT_S * PROTOCOL_RATE))
         self.cpu_s = 0.0  # spent inside AEC3
         self.frames_cancelled = 0
@@ -209,34 +204,31 @@ class EchoCanceller:
     def reset(self) -> None:
         """Forget the learnt echo path (after a device change)."""
         self._processor = None
+        self._echo_present = None
 
     def echo_heard(self) -> bool:
-        """Whether the speaker's sound reaches the microphone (open speakers, not headphones)."""
-        return self.enabled and self.monitor.echo_heard()
+        """Whether the speaker's sound reaches the microphone (open speakers, not headphones). Until a
+        second of playback has shown it, yes: the safe guess."""
+        return self.enabled and self._echo_present is not False
 
-    def echo_likeness(self, span_s: float) -> float:
-        """How much the last `span_s` of cleaned audio looks like an echo of what was played: the
-        highest normalised correlation with the played audio at any lag up to MAX_ECHO_LAG_S (0..1).
-
-        When the canceller loses the echo for a moment (the echo path jumped, a speaker distorts),
-        what leaks through is still the reply, delayed and coloured, so it correlates with it; a
-        person's voice does not. Called on the capture worker (the router's thread), on a detector
-        onset only: it costs a few milliseconds."""
-        if not self.enabled or not self._recent_far.filled:
+    def _likeness(self, recent: _Recent, span_s: float) -> float:
+        """How much the last `span_s` of `recent` looks like an echo of what was played: the highest
+        normalised correlation with the played audio at any lag up to MAX_ECHO_LAG_S (0..1)."""
+        if not self._recent_far.filled:
             return 0.0
         step = LIKENESS_DECIMATION
         length = round(span_s * PROTOCOL_RATE)
-        cleaned = self._recent_cleaned.last(length)[::step].astype(np.float64)
+        heard = recent.last(length)[::step].astype(np.float64)
         far = self._recent_far.last(length + round(MAX_ECHO_LAG_S * PROTOCOL_RATE))[::step].astype(np.float64)
-        if len(cleaned) < 2 or len(far) < len(cleaned):
+        if len(heard) < 2 or len(far) < len(heard):
             return 0.0
-        cleaned -= cleaned.mean()
-        energy = float(np.dot(cleaned, cleaned))
+        heard -= heard.mean()
+        energy = float(np.dot(heard, heard))
         if energy <= 0.0:
             return 0.0
-        products = np.correlate(far, cleaned, mode="valid")  # one per lag
+        products = np.correlate(far, heard, mode="valid")  # one per lag
         squares = np.concatenate(([0.0], np.cumsum(far * far)))
-        window_energy = squares[len(cleaned):] - squares[:-len(cleaned)]
+        window_energy = squares[len(heard):] - squares[:-len(heard)]
         scores = np.abs(products) / np.sqrt(energy * np.maximum(window_energy, 1e-12))
         return float(np.clip(scores.max(), 0.0, 1.0))
 
@@ -253,11 +245,15 @@ class EchoCanceller:
         cleaned = self._processor.process(np.ascontiguousarray(frame, np.float32), far)
         self.cpu_s += time.thread_time() - began
         self.frames_cancelled += 1
-        self._recent_cleaned.add(cleaned)
+        self._recent_near.add(frame)
         self._recent_far.add(far)
-        if self.monitor.add(frame, cleaned, far) and self._on_failing is not None:
-            self._on_failing()
-        if not self.monitor.echo_heard():
+        if far.any():
+            self._playing_frames += 1
+            if self._playing_frames % PRESENCE_EVERY == 0:
+                self._echo_present = self._likeness(self._recent_near, PRESENCE_SPAN_S) >= ECHO_PRESENT
+        if self.monitor.add(frame, cleaned, far) and self.echo_heard() and self._on_failing is not None:
+            self._on_failing()  # the echo is there and getting through (not noise the canceller cannot touch)
+        if not self.echo_heard():
             # Nothing of the speaker reaches the microphone (headphones): the raw signal is the person
             # alone, and AEC3's double-talk suppression would only dull their first syllable.
             return frame
