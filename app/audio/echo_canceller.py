@@ -41,7 +41,6 @@ RECENT_S = 1.0
 PRESENCE_SPAN_S = 0.5
 PRESENCE_EVERY = 100
 ECHO_PRESENT = 0.5
-LIKENESS_DECIMATION = 3  # 24 kHz → 8 kHz: speech's correlation lives below 4 kHz, and it is 9× cheaper
 
 
 class EchoMonitor:
@@ -216,17 +215,20 @@ class EchoCanceller:
         normalised correlation with the played audio at any lag up to MAX_ECHO_LAG_S (0..1)."""
         if not self._recent_far.filled:
             return 0.0
-        step = LIKENESS_DECIMATION
         length = round(span_s * PROTOCOL_RATE)
-        heard = recent.last(length)[::step].astype(np.float64)
-        far = self._recent_far.last(length + round(MAX_ECHO_LAG_S * PROTOCOL_RATE))[::step].astype(np.float64)
+        heard = recent.last(length).astype(np.float64)
+        far = self._recent_far.last(length + round(MAX_ECHO_LAG_S * PROTOCOL_RATE)).astype(np.float64)
         if len(heard) < 2 or len(far) < len(heard):
             return 0.0
         heard -= heard.mean()
         energy = float(np.dot(heard, heard))
         if energy <= 0.0:
             return 0.0
-        products = np.correlate(far, heard, mode="valid")  # one per lag
+        # Full rate, by FFT: decimating without a filter aliased the treble differently at every lag,
+        # and a full-band echo then scored as unlike the reply as a stranger's voice.
+        size = 1 << int(np.ceil(np.log2(len(far) + len(heard))))
+        spectrum = np.fft.rfft(far, size) * np.conj(np.fft.rfft(heard, size))
+        products = np.fft.irfft(spectrum, size)[:len(far) - len(heard) + 1]  # one per lag
         squares = np.concatenate(([0.0], np.cumsum(far * far)))
         window_energy = squares[len(heard):] - squares[:-len(heard)]
         scores = np.abs(products) / np.sqrt(energy * np.maximum(window_energy, 1e-12))
