@@ -212,10 +212,12 @@ def path_figures(results: dict) -> dict:
                "aec_cpu_ms_per_10ms": results["cpu_ms_per_10ms"]}
     for name in ("equal", "minus_6db"):
         trials = results[name]
-        times = [t.detect_ms for t in trials if t.detected]
+        # A cut before the person spoke is the echo's doing (a false barge-in), not a detection.
+        times = [t.detect_ms for t in trials if t.detected and t.detect_ms >= 0]
         suffix = "" if name == "equal" else "_minus_6db"
         figures[f"doubletalk_detect_rate{suffix}"] = round(
-            sum(t.detected and t.detect_ms <= DETECT_WITHIN_S * 1000 for t in trials) / max(1, len(trials)), 3)
+            sum(ms <= DETECT_WITHIN_S * 1000 for ms in times) / max(1, len(trials)), 3)
         figures[f"doubletalk_detected_at_all{suffix}"] = f"{len(times)}/{len(trials)}"
+        figures[f"doubletalk_cut_before_speech{suffix}"] = sum(t.detected and t.detect_ms < 0 for t in trials)
         figures[f"doubletalk_detect_ms_p50{suffix}"] = round(float(np.median(times)), 1) if times else None
     return figures
