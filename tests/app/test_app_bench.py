@@ -51,8 +51,11 @@ def test_a_reduced_run_reports_every_figure_with_sane_values(bench_figures):
                if key not in figures]
     assert not missing, missing
 
-    assert figures["trials"] == {"hotkeys": 5, "prompts": 3, "bargeins": 3,
-                                 "bargeins_measured": figures["trials"]["bargeins_measured"], "screen_questions": 1}
+    trials = figures["trials"]
+    # A reply that ends before the interruption is retried, up to twice the trials asked for.
+    assert 3 <= trials["bargeins"] <= 6 and trials["bargeins_measured"] <= trials["bargeins"]
+    assert {k: trials[k] for k in ("hotkeys", "prompts", "screen_questions")} == {"hotkeys": 5, "prompts": 3,
+                                                                              "screen_questions": 1}
     assert figures["cpu_cores"] == os.cpu_count()
     assert figures["engine_model"].startswith("confide-")
     assert 0 < figures["app_ready_s"] < 300
@@ -75,7 +78,7 @@ def test_a_reduced_run_reports_every_figure_with_sane_values(bench_figures):
     for key in COUNTS:
         assert isinstance(figures[key], int) and figures[key] >= 0, key
     assert figures["hotkey_misses"] < 5
-    assert figures["bargein_fired"] <= 3 and figures["trials"]["bargeins_measured"] <= figures["bargein_fired"]
+    assert figures["bargein_fired"] <= trials["bargeins"] and trials["bargeins_measured"] <= figures["bargein_fired"]
     assert len(figures["turns"]) == 3 and all(turn["replied"] for turn in figures["turns"])
     assert len(figures["screen_answers"]) == 1 and figures["screen_answers"][0]["answer"]
     assert set(figures["targets"]) == {"hotkey_to_window_ms_p50", "bargein_to_silence_ms_p95",
