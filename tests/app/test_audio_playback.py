@@ -238,7 +238,8 @@ def test_a_new_reply_replaces_the_one_playing(pulse_audio, speaker: Speaker, eve
     assert not speaker.push("old", first_reply)  # the replaced reply does not come back
     recorded = heard.audio()
     new_at, _ = find_signal(recorded, to_rate(second_reply, RATE))
-    assert matching_windows(recorded[:new_at], to_rate(first_reply[: int(frozen * RATE / 1000)], RATE)) >= 0.9
+    # Under a second of the old reply is 6-16 windows: one device underrun may spoil one of them.
+    assert matching_windows(recorded[:new_at], to_rate(first_reply[: int(frozen * RATE / 1000)], RATE)) >= 0.85
     assert matching_windows(recorded[new_at:], to_rate(second_reply, RATE)) >= 0.95
     # The old one's start, then all of the new one and nothing else.
     assert abs(sound_ms(recorded) - (frozen + 1000)) <= HICCUP_MS
