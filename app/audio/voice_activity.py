@@ -35,6 +35,9 @@ class VoiceActivity:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         self.threshold = threshold
         self.min_speech_ms = min_speech_ms
+        # One frame at least this sure starts speech at once (None: always wait min_speech_ms). Set
+        # by the barge-in detector only where no echo reaches the microphone.
+        self.sure_threshold: float | None = None
         self._input_rate = input_rate
         self._model = SileroVAD(VAD_RATE)
         self._frame = np.zeros(FRAME_SAMPLES, np.float32)  # writable: the runtime reads it in place
@@ -79,7 +82,8 @@ class VoiceActivity:
             return False
         if voiced:  # frames in the hysteresis band keep an onset going but do not count toward it
             self._voiced_ms += FRAME_MS
-        if self._voiced_ms >= self.min_speech_ms:
+        sure = self.sure_threshold is not None and probability >= self.sure_threshold
+        if sure or self._voiced_ms >= self.min_speech_ms:
             self.speaking = True
             self._quiet_ms = 0.0
             return True

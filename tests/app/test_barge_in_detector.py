@@ -7,6 +7,7 @@ from app.audio.barge_in_detector import BargeInDetector
 class Vad:
     def __init__(self):
         self.threshold, self.onset, self.resets = 0.0, False, 0
+        self.sure_threshold = None
 
     def feed(self, _chunk) -> bool:
         return self.onset
@@ -28,12 +29,17 @@ def test_without_echo_it_listens_at_the_persons_sensitivity():
     detector = BargeInDetector(vad, Canceller(heard=False), threshold=0.5)
     vad.onset = True
     assert detector.feed(None) and vad.threshold == 0.5
+    assert vad.sure_threshold == 0.85  # one frame this sure is enough
+    detector.threshold = 0.7
+    detector.feed(None)
+    assert vad.sure_threshold is None  # a strict person's setting keeps the sustained-speech rule
 
 
 def test_with_echo_heard_it_is_stricter_capped_and_follows_the_echo_verdict():
     vad, canceller = Vad(), Canceller(heard=True)
     detector = BargeInDetector(vad, canceller, threshold=0.5)
     assert not detector.feed(None) and vad.threshold == 0.7
+    assert vad.sure_threshold is None  # echo residue must never start speech on one frame
     detector.threshold = 0.8
     detector.feed(None)
     assert vad.threshold == 0.9

@@ -1,0 +1,156 @@
+"""Step-by-step thinker/talker generation and int8 quantization on the tiny Qwen2.5-Omni (CPU, no weights)."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from engine.backends.base import ReplyRequest, ScreenImage, Turn
+from engine.backends.omni.generation import OmniGeneration, Sampling, TextToken
+from engine.backends.omni.loading import load
+from engine.backends.omni.prompt import build_prompt
+from engine.backends.omni.quantize import Int8Linear, quantize_int8
+from engine.backends.omni.settings import OmniSettings
+
+torch.set_num_threads(1)
+GREEDY = Sampling()
+
+
+def png(width: int = 200, height: int = 120) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (30, 120, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load(OmniSettings(model="tiny", seed=7, threads=1))
+
+
+@pytest.fixture(scope="module")
+def inputs(loaded):
+    audio = (np.sin(np.arange(24_000) * 0.07) * 6000).astype(np.int16)
+    request = ReplyRequest("Be brief.", (Turn("user", "What is this?", images=(ScreenImage(png()),)),
+                                         Turn("assistant", "A blue square."),
+                                         Turn("user", "", audio=audio)))
+    return build_prompt(request, loaded.processors)
+
+
+def test_prompt_holds_the_audio_and_the_image_as_their_own_tokens(loaded, inputs):
+    ids = inputs.input_ids[0].tolist()
+    config = loaded.model.thinker.config
+    assert inputs.counts["audios"] == 1 and inputs.counts["images"] == 1
+    assert ids.count(config.audio_token_index) == (((100 - 1) // 2 + 1) - 2) // 2 + 1  # 1 s = 100 mel frames
+    grid = inputs.image_grid_thw[0]
+    assert ids.count(config.image_token_index) == int(grid.prod()) // 4
+    text = loaded.processors.tokenizer.decode(ids)
+    assert "<|im_start|>assistant\nA blue square.<|im_end|>" in text
+    assert text.startswith("<|im_start|>system\nYou are Qwen, a virtual human") and "Be brief." in text
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+@torch.inference_mode()
+def test_thinker_text_is_transformers_generate(loaded, inputs):
+    model = loaded.model
+    generation = OmniGeneration(model, inputs, None, eos_ids=loaded.eos_ids, max_text_tokens=13,
+                                thinker_sampling=GREEDY)
+    steps = list(generation.steps())
+    assert all(isinstance(step, TextToken) for step in steps)
+    theirs = model.thinker.generate(
+        input_ids=inputs.input_ids, attention_mask=torch.ones_like(inputs.input_ids),
+        input_features=inputs.input_features, feature_attention_mask=inputs.feature_attention_mask,
+        pixel_values=inputs.pixel_values, image_grid_thw=inputs.image_grid_thw, max_new_tokens=12, do_sample=False)
+    assert generation.text_tokens == theirs[0, inputs.input_ids.shape[1]:].tolist()
+
+
+@torch.inference_mode()
+def test_interleaved_talker_equals_the_talker_run_after_the_whole_text(loaded, inputs):
+    """Streaming feeds the talker each thinker token as it is made; transformers' generate builds the same
+    inputs from the finished text. Both must give the same codec tokens (greedy)."""
+    model = loaded.model
+    speaker = model.speaker_map["Chelsie"]
+    generation = OmniGeneration(model, inputs, speaker, eos_ids=loaded.eos_ids, max_text_tokens=9, max_codes=30,
+                                codes_per_text_token=1000, thinker_sampling=GREEDY, talker_sampling=GREEDY)
+    order = "".join("T" if isinstance(step, TextToken) else "c" for step in generation.steps())
+    assert order.startswith("TTc")  # speech starts two text tokens in, not after the whole text
+    assert len(generation.codes) == 30
+    assert generation.codes == reference_codes(model, inputs, speaker, text_tokens=9, codes=30)
+
+
+def reference_codes(model, inputs, speaker, text_tokens: int, codes: int) -> list[int]:
+    """transformers' Qwen2_5OmniForConditionalGeneration.generate, steps 1-2, then its talker loop written
+    out: its talker.generate (5.24) drops the attention mask, which skips the talker's codec BOS/PAD
+    conditioning and multimodal positions that the talker's forward applies when given one."""
+    thinker, talker = model.thinker, model.talker
+    result = thinker.generate(
+        input_ids=inputs.input_ids, attention_mask=torch.ones_like(inputs.input_ids),
+        input_features=inputs.input_features, feature_attention_mask=inputs.feature_attention_mask,
+        pixel_values=inputs.pixel_values, image_grid_thw=inputs.image_grid_thw, max_new_tokens=text_tokens,
+        do_sample=False, output_hidden_states=True, return_dict_in_generate=True)
+    config = thinker.config
+    embeds = result.hidden_states[0][0].clone()
+    media = torch.isin(inputs.input_ids, torch.tensor([config.audio_token_index, config.image_token_index]))
+    embeds[media] = 0
+    hidden = [step[-1] for step in result.hidden_states]
+    token_embeds = [embeds] + [step[0] for step in result.hidden_states[1:]]
+    reply = torch.cat(hidden[1:], 1) + torch.cat(token_embeds[1:], 1)
+    embed = thinker.get_input_embeddings()
+    generated = result.sequences[:, inputs.input_ids.shape[1]:]
+    bos = speaker["bos_token"]
+    text_ids = torch.cat([inputs.input_ids, torch.tensor([[bos]]), generated[:, :1]], 1)
+    prefill = torch.cat([hidden[0] + token_embeds[0], embed(torch.tensor([[bos]])), reply[:, :1]], 1)
+    rest = torch.cat([reply[:, 1:], embed(torch.tensor([[talker.text_eos_token]])),
+                      embed(torch.tensor([[talker.text_pad_token]]))], 1)
+    out = talker(inputs_embeds=prefill, attention_mask=torch.ones_like(text_ids), input_text_ids=text_ids,
+                 image_grid_thw=inputs.image_grid_thw, audio_feature_lengths=inputs.audio_lengths, use_cache=True)
+    made = []
+    for step in range(codes):
+        logits = out.logits[0, -1].clone()
+        logits[talker.codec_bos_token] = -float("inf")
+        code = int(logits.argmax())
+        if code in (talker.codec_eos_token, talker.codec_pad_token):
+            break
+        made.append(code)
+        if step == codes - 1:
+            break
+        part = rest[:, min(step, rest.shape[1] - 1):][:, :1]
+        cache = out.cache
+        out = talker(input_ids=torch.tensor([[code]]), attention_mask=torch.ones((1, cache.get_seq_length() + 1),
+                                                                                   dtype=torch.long),
+                     thinker_reply_part=part, cache=cache, use_cache=True)
+    return made
+
+
+@torch.inference_mode()
+def test_int8_weights_keep_the_logits_close(loaded, inputs):
+    thinker = loaded.model.thinker
+    quantized = copy.deepcopy(thinker)
+    assert quantize_int8(quantized.model.language_model) == 14  # 7 linear layers in each of 2 decoder layers
+    assert isinstance(quantized.model.language_model.layers[0].mlp.down_proj, Int8Linear)
+    kwargs = dict(input_ids=inputs.input_ids, input_features=inputs.input_features,
+                  feature_attention_mask=inputs.feature_attention_mask, pixel_values=inputs.pixel_values,
+                  image_grid_thw=inputs.image_grid_thw)
+    reference, got = thinker(**kwargs).logits, quantized(**kwargs).logits
+    bias = thinker.lm_head.bias  # the tiny model's word-steering bias would flatter the comparison: leave it out
+    ref, new = (reference - bias).flatten(), (got - bias).flatten()
+    assert torch.nn.functional.cosine_similarity(ref, new, dim=0) > 0.9999
+    assert (ref - new).abs().max() < 0.02 * ref.std() * 10  # measured: 1.5e-3 with logits of std ~0.1
+    assert (reference.argmax(-1) == got.argmax(-1)).float().mean() > 0.95
+
+
+@torch.inference_mode()
+def test_int8_backend_loads_and_speaks():
+    quantized = load(OmniSettings(model="tiny", seed=7, threads=1, quantization="int8"))
+    assert sum(isinstance(m, Int8Linear) for m in quantized.model.modules()) == 28  # thinker and talker
+    request = ReplyRequest("", (Turn("user", "hello"),))
+    inputs = build_prompt(request, quantized.processors)
+    generation = OmniGeneration(quantized.model, inputs, quantized.model.speaker_map["Ethan"],
+                                eos_ids=quantized.eos_ids, max_text_tokens=5, max_codes=6)
+    list(generation.steps())
+    assert generation.text_tokens and len(generation.codes) == 6
