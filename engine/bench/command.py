@@ -28,6 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompts", type=int, default=12, help="spoken prompts (default 12, at least 10)")
     parser.add_argument("--cancels", type=int, default=12, help="interrupted replies (default 12)")
     parser.add_argument("--llm", help="language model id (default: the embedded default)")
+    parser.add_argument("--backend", default="embedded", choices=("embedded", "omni"),
+                        help="backend to measure (default: embedded)")
+    from engine.realtime.serve_command import add_omni_arguments
+
+    add_omni_arguments(parser)
     parser.add_argument("--silence-ms", type=int, default=None,
                         help="server_vad silence window to ask for (default: the engine's)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the per-model figures and the baseline")
@@ -59,11 +64,15 @@ async def _measure(args: argparse.Namespace) -> dict:
     store = ModelStore()
     voice = store.resolve("piper-joe-medium")
     prompt_voice = PiperTts(voice.file(voice.spec.files[0].name), inference_threads())
-    prompts = speak_prompts(prompt_voice, max(10, args.prompts))
+    # At least 10 for the default bench (its p95 needs them); the omni bench may be reduced (tests, slow GPUs).
+    prompts = speak_prompts(prompt_voice, max(10, args.prompts) if args.backend == "embedded" else max(1, args.prompts))
     del prompt_voice
     silence_ms = args.silence_ms or TurnDetection().silence_duration_ms
 
-    engine = EngineProcess(["--llm", args.llm] if args.llm else [], log_path=args.engine_log)
+    from engine.realtime.serve_command import omni_arguments
+
+    engine_args = omni_arguments(args) if args.backend == "omni" else (["--llm", args.llm] if args.llm else [])
+    engine = EngineProcess(engine_args, log_path=args.engine_log)
     try:
         turns, cancels = [], []
         async with RealtimeProbe(engine.url, engine.token, args.silence_ms) as probe:
@@ -97,6 +106,7 @@ async def _measure(args: argparse.Namespace) -> dict:
         "prompts": len(turns),
         "cancels": len(cancels),
         "cpu_cores": os.cpu_count(),
+        "backend": args.backend,
     }
     if not args.no_baseline:
         results.update(await asyncio.to_thread(_components, args, prompts, [t.answer for t in turns], silence_ms,
@@ -111,6 +121,8 @@ def _components(args, prompts, answers, silence_ms, streaming_p50) -> dict:
     from engine.models.store import ModelStore
     from engine.turns.vad import SileroVadModel
 
+    if args.backend == "omni":
+        return _omni_components(args, prompts, silence_ms, streaming_p50)
     engine = build_engine(llm=args.llm, warm_up=True)
     vad = SileroVadModel(ModelStore().resolve("silero-vad").file())
     figures = measure(engine.backend, vad, prompts, answers, silence_ms)
@@ -127,3 +139,18 @@ def _components(args, prompts, answers, silence_ms, streaming_p50) -> dict:
         "speedup_vs_baseline": round(baseline_p50 / streaming_p50, 2) if baseline_p50 and streaming_p50 else None,
     }
 
+
+
+def _omni_components(args, prompts, silence_ms, streaming_p50) -> dict:
+    from engine.assembly import build_engine
+    from engine.bench.omni_components import measure_omni
+    from engine.models.store import ModelStore
+    from engine.realtime.serve_command import omni_settings
+    from engine.turns.vad import SileroVadModel
+
+    engine = build_engine("omni", warm_up=True, omni=omni_settings(args))
+    vad = SileroVadModel(ModelStore().resolve("silero-vad").file())
+    try:
+        return measure_omni(engine.backend, vad, prompts, silence_ms, streaming_p50)
+    finally:
+        engine.backend.close()

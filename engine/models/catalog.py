@@ -64,6 +64,27 @@ _QWEN_15B_URL = (
     "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 )
 
+# Qwen2.5-Omni checkpoints (--backend omni), fetched from the Hugging Face hub with `models fetch`.
+# How they are pinned, honestly: no model hub is reachable from the machines this code is built on, so
+# neither the file list nor the SHA-256 of any file could be checked here. The names below are the files
+# the official repositories list (shard counts as published for each size); the checksums are left empty,
+# so `models fetch` downloads (resumable, with progress) without verifying and `models verify` reports
+# them as "unpinned". To pin: fill `sha256`/`size` from the hub's LFS pointer of each file (the LFS oid is
+# the file's SHA-256) and replace "main" in _OMNI_REVISION with the commit id the hashes were taken from.
+_OMNI_REVISION = "main"
+_OMNI_COMMON_FILES = (
+    "config.json", "generation_config.json", "preprocessor_config.json", "chat_template.json",
+    "tokenizer_config.json", "tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json",
+    "special_tokens_map.json", "spk_dict.pt", "model.safetensors.index.json",
+)
+
+
+def _omni_files(repo: str, shards: int) -> tuple[ModelFile, ...]:
+    names = (*_OMNI_COMMON_FILES, *(f"model-{i:05d}-of-{shards:05d}.safetensors" for i in range(1, shards + 1)))
+    return tuple(ModelFile(name, "", 0, url=f"https://huggingface.co/{repo}/resolve/{_OMNI_REVISION}/{name}")
+                 for name in names)
+
+
 MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         id="silero-vad",
@@ -220,6 +241,22 @@ MODELS: tuple[ModelSpec, ...] = (
                 parts=(PackagePart("rapidocr", "models/ch_ppocr_mobile_v2.0_cls_mobile.onnx"),),
             ),
         ),
+    ),
+    ModelSpec(
+        id="qwen2.5-omni-3b",
+        role="omni",
+        description="Qwen2.5-Omni-3B (bf16 safetensors, ~11 GB): audio and images in, text and 24 kHz speech out",
+        licence="Qwen Research License (non-commercial; see the model card)",
+        origin="Qwen/Qwen2.5-Omni-3B on the Hugging Face hub, downloaded by `models fetch` (checksums unpinned)",
+        files=_omni_files("Qwen/Qwen2.5-Omni-3B", 3),
+    ),
+    ModelSpec(
+        id="qwen2.5-omni-7b",
+        role="omni",
+        description="Qwen2.5-Omni-7B (bf16 safetensors, ~22 GB): better answers; a 24 GB GPU, or int4 on 16 GB",
+        licence="Apache-2.0",
+        origin="Qwen/Qwen2.5-Omni-7B on the Hugging Face hub, downloaded by `models fetch` (checksums unpinned)",
+        files=_omni_files("Qwen/Qwen2.5-Omni-7B", 5),
     ),
 )
 

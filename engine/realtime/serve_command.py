@@ -28,8 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     token.add_argument("--token", help="bearer token clients must present")
     token.add_argument("--token-file", type=Path,
                        help=f"file holding the token, created (mode 0600) if missing (default {default_token_path()})")
-    parser.add_argument("--backend", default="embedded", help="model backend (default: embedded)")
+    parser.add_argument("--backend", default="embedded", choices=("embedded", "omni"),
+                        help="model backend (default: embedded; omni: Qwen2.5-Omni end to end, see README)")
     parser.add_argument("--llm", help="language model id for the embedded backend (see `models list`)")
+    add_omni_arguments(parser)
     parser.add_argument("--allow-origin", action="append", default=[],
                         help="a browser origin allowed to connect (repeatable; default: none)")
     parser.add_argument("--seed", type=int, help="sampling seed, for reproducible replies")
@@ -37,6 +39,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="exit when this process ends (an app that supervises the engine passes its own PID, "
                              "so a killed app never leaves the engine and its microphone access behind)")
     parser.set_defaults(func=run)
+
+
+def add_omni_arguments(parser: argparse.ArgumentParser) -> None:
+    """The omni backend's options, shared by `serve` and `bench`."""
+    from engine.backends.omni.settings import DEVICES, QUANTIZATIONS
+
+    group = parser.add_argument_group("omni backend (--backend omni)")
+    group.add_argument("--omni-model", default="qwen2.5-omni-3b",
+                       help="catalog id (qwen2.5-omni-3b, qwen2.5-omni-7b; fetched with `models fetch`), a folder "
+                            "holding a Qwen2.5-Omni checkpoint, or `tiny` (random weights, for tests)")
+    group.add_argument("--omni-device", default="auto", choices=DEVICES, help="default: CUDA when available")
+    group.add_argument("--omni-quantization", default="none", choices=QUANTIZATIONS,
+                       help="weights: none, int8 (weight-only, CPU or GPU) or int4 (bitsandbytes NF4, CUDA only)")
+    group.add_argument("--omni-speaker", default="Chelsie", help="voice from the checkpoint (Chelsie, Ethan)")
+    group.add_argument("--omni-max-tokens", type=int, default=256, help="longest reply in text tokens (default 256)")
+    group.add_argument("--omni-max-speech-s", type=float, default=60.0,
+                       help="longest spoken reply in seconds (default 60)")
+
+
+def omni_arguments(args: argparse.Namespace) -> list[str]:
+    """The same options as command-line arguments, for a `serve` started by another command (the bench)."""
+    return ["--backend", "omni", "--omni-model", args.omni_model, "--omni-device", args.omni_device,
+            "--omni-quantization", args.omni_quantization, "--omni-speaker", args.omni_speaker,
+            "--omni-max-tokens", str(args.omni_max_tokens), "--omni-max-speech-s", str(args.omni_max_speech_s)]
+
+
+def omni_settings(args: argparse.Namespace):
+    from engine.backends.omni.settings import OmniSettings
+
+    return OmniSettings(model=args.omni_model, device=args.omni_device, quantization=args.omni_quantization,
+                        speaker=args.omni_speaker, max_reply_tokens=args.omni_max_tokens,
+                        max_speech_s=args.omni_max_speech_s, seed=getattr(args, "seed", None))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,12 +83,14 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace, token: str) -> int:
     from engine.assembly import build_engine
+    from engine.backends.omni.settings import OmniLoadError
     from engine.models.store import ModelUnavailable
     from engine.realtime.server import REALTIME_PATH, RealtimeServer
 
     try:
-        engine = await asyncio.to_thread(build_engine, args.backend, args.llm, True, None, args.seed)
-    except (ModelUnavailable, ValueError) as error:
+        engine = await asyncio.to_thread(build_engine, args.backend, args.llm, True, None, args.seed,
+                                         omni_settings(args))
+    except (ModelUnavailable, ValueError, OmniLoadError) as error:
         print(f"confide-engine: {error}", file=sys.stderr)
         return 1
     server = RealtimeServer(engine.backend, engine.detector_factory, token, args.allow_origin)
