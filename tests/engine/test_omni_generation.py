@@ -154,3 +154,32 @@ def test_int8_backend_loads_and_speaks():
                                 eos_ids=quantized.eos_ids, max_text_tokens=5, max_codes=6)
     list(generation.steps())
     assert generation.text_tokens and len(generation.codes) == 6
+
+
+@torch.inference_mode()
+def test_a_checkpoint_folder_loads_through_from_pretrained(tmp_path):
+    """`--omni-model PATH`: the folder layout of a downloaded checkpoint (safetensors, spk_dict.pt,
+    tokenizer, preprocessor config), loaded by transformers' from_pretrained with no network."""
+    from transformers import WhisperFeatureExtractor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from engine.backends.omni.tiny import build_tiny_model, tiny_tokenizer
+
+    model = build_tiny_model(seed=2)
+    model.save_pretrained(tmp_path)
+    torch.save(model.speaker_map, tmp_path / "spk_dict.pt")
+    tiny_tokenizer().save_pretrained(tmp_path)
+    WhisperFeatureExtractor(feature_size=20).save_pretrained(tmp_path)
+    Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112).save_pretrained(tmp_path)
+
+    loaded = load(OmniSettings(model=str(tmp_path), device="cpu", threads=1))
+    saved, got = model.state_dict(), loaded.model.state_dict()
+    # The tiny model's steering biases are not part of the architecture, so a checkpoint cannot hold them.
+    assert set(saved) - set(got) == {"thinker.lm_head.bias", "talker.codec_head.bias"}
+    assert all(torch.equal(saved[name], got[name]) for name in got)
+    assert set(loaded.model.speaker_map) == {"Chelsie", "Ethan"}
+    inputs = build_prompt(ReplyRequest("", (Turn("user", "hi"),)), loaded.processors)
+    generation = OmniGeneration(loaded.model, inputs, loaded.model.speaker_map["Chelsie"], eos_ids=loaded.eos_ids,
+                                max_text_tokens=4, max_codes=4)
+    list(generation.steps())
+    assert generation.text_tokens

@@ -117,8 +117,11 @@ def load(settings: OmniSettings, store: ModelStore | None = None) -> LoadedOmni:
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         extra = int4_arguments if settings.quantization == "int4" else {}
+        if device == "cuda":  # straight onto the GPU, never a second copy in host RAM; needs accelerate
+            extra["device_map"] = {"": device}
+            _require("accelerate", "loading onto a GPU")
         model = Qwen2_5OmniForConditionalGeneration.from_pretrained(
-            folder, dtype=dtype, local_files_only=True, device_map={"": device}, **extra).eval()
+            folder, dtype=dtype, local_files_only=True, **extra).eval()
         processors = Processors(AutoTokenizer.from_pretrained(folder, local_files_only=True),
                                 WhisperFeatureExtractor.from_pretrained(folder, local_files_only=True),
                                 Qwen2VLImageProcessorPil.from_pretrained(folder, local_files_only=True,
@@ -136,6 +139,14 @@ def load(settings: OmniSettings, store: ModelStore | None = None) -> LoadedOmni:
                             f"{', '.join(model.speaker_map)}")
     description = f"qwen2.5-omni/{Path(settings.model).name}@{device}/{settings.quantization}"
     return LoadedOmni(model, processors, device, dtype, description, size, time.monotonic() - started, eos_ids)
+
+
+def _require(package: str, purpose: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(package) is None:
+        raise OmniLoadError(f"{purpose} needs the {package} package: pip install {package} "
+                            "(or pip install 'confide[omni]')")
 
 
 def _tiny(settings: OmniSettings):

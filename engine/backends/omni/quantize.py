@@ -61,11 +61,10 @@ def int4_load_arguments(device: str) -> dict:
         raise QuantizationUnavailable(
             "4-bit quantization (bitsandbytes NF4) needs an NVIDIA GPU with CUDA, and none is available here; "
             "use --omni-quantization int8 (works on CPU) or none")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as error:
-        raise QuantizationUnavailable(
-            "4-bit quantization needs bitsandbytes: pip install bitsandbytes") from error
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise QuantizationUnavailable("4-bit quantization needs bitsandbytes: pip install bitsandbytes")
     from transformers import BitsAndBytesConfig
 
     return {"quantization_config": BitsAndBytesConfig(
