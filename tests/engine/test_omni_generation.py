@@ -183,3 +183,36 @@ def test_a_checkpoint_folder_loads_through_from_pretrained(tmp_path):
                                 max_text_tokens=4, max_codes=4)
     list(generation.steps())
     assert generation.text_tokens
+
+
+@torch.inference_mode()
+def test_the_conversation_cache_prefills_only_what_is_new_and_changes_nothing(loaded):
+    """Three turns through one cache, each compared with a fresh run of the same prompt: the same text and
+    codec tokens (greedy), while the cached run prefills only the tokens after the shared prefix. Turn 2
+    holds the first reply cut short (as after a truncate); turn 3 repeats turn 2 (a speculative reply and
+    the adopted one)."""
+    from engine.backends.omni.conversation_cache import ConversationCache
+
+    model, speaker = loaded.model, loaded.model.speaker_map["Chelsie"]
+    audio = (np.sin(np.arange(12_000) * 0.03) * 5000).astype(np.int16)
+    first = (Turn("user", "", audio=audio, images=(ScreenImage(png()),)),)
+    cache = ConversationCache()
+
+    def run(turns, use_cache):
+        inputs = build_prompt(ReplyRequest("Be brief.", turns), loaded.processors)
+        generation = OmniGeneration(model, inputs, speaker, eos_ids=loaded.eos_ids, max_text_tokens=8, max_codes=12,
+                                    thinker_sampling=GREEDY, talker_sampling=GREEDY,
+                                    cache=cache if use_cache else None)
+        list(generation.steps())
+        return generation
+
+    one = run(first, True)
+    assert one.cached_tokens == 0
+    heard = loaded.processors.tokenizer.decode(one.text_tokens[:4])
+    second_turns = (*first, Turn("assistant", heard), Turn("user", "", audio=audio[:8000]))
+    for turns in (second_turns, second_turns):
+        cached, fresh = run(turns, True), run(turns, False)
+        assert (cached.text_tokens, cached.codes) == (fresh.text_tokens, fresh.codes)
+        assert len(cached.codes) == 12
+        assert 0 < cached.cached_tokens < cached.prompt_tokens
+    assert cached.cached_tokens == cached.prompt_tokens - 1  # the repeat prefills a single token

@@ -32,6 +32,7 @@ from engine.backends.base import (
     SpeechChunk,
     TextDelta,
 )
+from engine.backends.omni.conversation_cache import ConversationCache
 from engine.backends.omni.generation import CodecToken, OmniGeneration, Sampling, TextToken
 from engine.backends.omni.loading import LoadedOmni, load
 from engine.backends.omni.settings import OmniSettings
@@ -100,6 +101,7 @@ class OmniBackend(Backend):
 class OmniSession(BackendSession):
     def __init__(self, backend: OmniBackend):
         self.backend = backend
+        self.cache = ConversationCache()  # used by one reply at a time (the backend's LM lock)
 
     def listen(self, context: ReplyRequest, on_partial: Callable[[str], None] | None = None) -> Listener:
         return _AudioListener()
@@ -119,7 +121,7 @@ class OmniSession(BackendSession):
         if last is not None and last.role == "user" and not last.text.strip() and not last.images and (
                 last.audio is None or not last.audio.size):
             return
-        run = _ReplyRun(self.backend, request, stats or ReplyStats(), asyncio.get_running_loop())
+        run = _ReplyRun(self.backend, request, stats or ReplyStats(), asyncio.get_running_loop(), self.cache)
         run.start()
         try:
             async for output in run.outputs():
@@ -146,8 +148,9 @@ class _ReplyRun:
     _END = object()
 
     def __init__(self, backend: OmniBackend, request: ReplyRequest, stats: ReplyStats,
-                 loop: asyncio.AbstractEventLoop | None):
+                 loop: asyncio.AbstractEventLoop | None, cache: ConversationCache | None = None):
         self.backend, self.request, self.stats, self.loop = backend, request, stats, loop
+        self.cache = cache or ConversationCache()
         self.stopped = threading.Event()
         self.outbox: asyncio.Queue | None = asyncio.Queue() if loop else None
         self.codes: queue.Queue = queue.Queue()
@@ -203,7 +206,7 @@ class _ReplyRun:
                 stats.mark("llm_request")
                 inputs = build_prompt(request, loaded.processors, settings.max_prompt_tokens)
                 backend.last_prompt = inputs  # what the model was shown, for the log and the tests
-                log.debug("omni prompt: %s", inputs.counts)
+                log.debug("omni prompt: %s", inputs.counts)  # cached tokens are in the reply trace
                 inputs = inputs.to(loaded.device, loaded.dtype)
                 temperature = request.temperature if request.temperature is not None else settings.temperature
                 generation = OmniGeneration(
@@ -213,7 +216,7 @@ class _ReplyRun:
                                         settings.max_reply_tokens) + 1,
                     max_codes=max_codes or backend.max_codes(), codes_per_text_token=settings.codes_per_text_token,
                     thinker_sampling=Sampling(temperature=temperature, top_p=0.9),
-                    seed=backend.next_seed())
+                    seed=backend.next_seed(), cache=self.cache)
                 stats.prompt_tokens = generation.prompt_tokens
                 started = time.monotonic()
                 first_token_at = None
@@ -231,9 +234,11 @@ class _ReplyRun:
                         stats.mark("first_code")
                         self.codes.put(step.id)
                 ended = time.monotonic()
+                stats.cached_tokens = generation.cached_tokens
                 stats.output_tokens = len(generation.text_tokens)
                 if first_token_at is not None:
-                    stats.prefill_tok_s = round(generation.prompt_tokens / max(1e-6, first_token_at - started), 1)
+                    stats.prefill_tok_s = round((generation.prompt_tokens - generation.cached_tokens) /
+                                                max(1e-6, first_token_at - started), 1)
                     if len(generation.text_tokens) > 1:
                         stats.decode_tok_s = round((len(generation.text_tokens) - 1) /
                                                    max(1e-6, ended - first_token_at), 1)
@@ -242,6 +247,7 @@ class _ReplyRun:
                     self._deliver(TextDelta(tail))
         except Exception as error:  # reported to the session as a failed response
             log.exception("omni generation failed")
+            self.cache.reset()  # a step that failed halfway may have left the caches out of step
             self._deliver(error)
             self.stop()
         finally:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.backends.omni.conversation_cache import ConversationCache
 from engine.backends.omni.prompt import PromptInputs
 
 
@@ -71,7 +72,7 @@ class OmniGeneration:
     def __init__(self, model, inputs: PromptInputs, speaker: dict | None, *, eos_ids: tuple[int, ...],
                  max_text_tokens: int = 256, max_codes: int = 4096, codes_per_text_token: int = 30,
                  thinker_sampling: Sampling = Sampling(), talker_sampling: Sampling = TALKER_SAMPLING,
-                 seed: int | None = None):
+                 seed: int | None = None, cache: ConversationCache | None = None):
         self.model, self.inputs, self.speaker = model, inputs, speaker
         self.thinker = model.thinker
         self.talker = model.talker if speaker is not None else None
@@ -83,16 +84,17 @@ class OmniGeneration:
         self.text_tokens: list[int] = []
         self.codes: list[int] = []
         self.prompt_tokens = int(inputs.input_ids.shape[1])
+        self.cached_tokens = 0  # prompt tokens whose keys/values came from the conversation cache
+        self.cache = cache or ConversationCache()
+        config = self.thinker.config
+        self._media_ids = {config.audio_token_index, config.image_token_index, config.video_token_index}
         # Thinker state
-        self._thinker_cache = None
         self._rope_delta = None
         self._thinker_done = False
         self._fed = 0  # reply tokens fed back into the thinker (so their hidden states are known)
         # Talker inputs: one (1, 1, D) tensor per fed reply token, then text-EOS, then text-pad forever.
         self._reply: list[torch.Tensor] = []
-        self._prompt_embeds = None
-        self._prompt_hidden = None
-        self._talker_cache = None
+        self._talker_started = False
         self._talker_done = speaker is None
 
     # --- the loop ---------------------------------------------------------------------------------
@@ -109,23 +111,21 @@ class OmniGeneration:
     # --- thinker ----------------------------------------------------------------------------------
 
     def _thinker_prefill(self) -> Iterator[TextToken]:
-        inputs = self.inputs
-        position_ids, self._rope_delta = self.thinker.get_rope_index(
+        inputs, cache = self.inputs, self.cache
+        ids = inputs.input_ids[0].tolist()
+        positions, self._rope_delta = self.thinker.get_rope_index(
             inputs.input_ids, inputs.image_grid_thw, None, torch.ones_like(inputs.input_ids), False,
             inputs.audio_lengths)
-        out = self.thinker(input_ids=inputs.input_ids, input_features=inputs.input_features,
-                           feature_attention_mask=inputs.feature_attention_mask, pixel_values=inputs.pixel_values,
-                           image_grid_thw=inputs.image_grid_thw, position_ids=position_ids, use_cache=True,
-                           output_hidden_states=self.talker is not None)
-        self._thinker_cache = out.cache
-        if self.talker is not None:
-            embeds = out.hidden_states[0].clone()
-            # As transformers does: the talker sees no audio/image features, only the text around them.
-            config = self.thinker.config
-            media = torch.isin(inputs.input_ids, torch.tensor([config.audio_token_index, config.image_token_index,
-                                                               config.video_token_index], device=self.device))
-            embeds[media] = 0
-            self._prompt_embeds, self._prompt_hidden = embeds, out.hidden_states[-1]
+        keep = self.cached_tokens = cache.reuse_thinker(ids, self._media_ids)
+        media = _media_after(ids[:keep], inputs, self.thinker.config)
+        new_ids = inputs.input_ids[:, keep:]
+        out = self.thinker(input_ids=new_ids, position_ids=positions[:, :, keep:], cache=cache.thinker,
+                           use_cache=True, output_hidden_states=True, **media)
+        cache.thinker = out.cache
+        embeds = out.hidden_states[0].clone()
+        # As transformers does: the talker sees no audio/image features, only the text around them.
+        embeds[torch.isin(new_ids, torch.tensor(sorted(self._media_ids), device=self.device))] = 0
+        cache.extend(ids[keep:], embeds + out.hidden_states[-1])
         yield from self._take(out.logits[0, -1])
 
     def _thinker_step(self) -> Iterator[TextToken]:
@@ -135,11 +135,12 @@ class OmniGeneration:
         position = self.prompt_tokens + self._fed + self._rope_delta.to(self.device)
         position_ids = position.view(1, 1, 1).expand(3, 1, 1)
         out = self.thinker(input_ids=torch.tensor([[token]], device=self.device), position_ids=position_ids,
-                           cache=self._thinker_cache, use_cache=True, output_hidden_states=self.talker is not None)
-        self._thinker_cache = out.cache
+                           cache=self.cache.thinker, use_cache=True, output_hidden_states=True)
+        self.cache.thinker = out.cache
         self._fed += 1
-        if self.talker is not None:
-            self._reply.append(out.hidden_states[0] + out.hidden_states[-1])
+        state = out.hidden_states[0] + out.hidden_states[-1]
+        self.cache.extend([token], state)
+        self._reply.append(state)
         yield from self._take(out.logits[0, -1])
 
     def _take(self, logits: torch.Tensor) -> Iterator[TextToken]:
@@ -162,6 +163,25 @@ class OmniGeneration:
         needed = len(self.codes)  # prefill reads reply token 0; decode step s (after code s) reads token s+1
         return self._thinker_done or needed < len(self._reply)
 
+    def _talker_prefill(self):
+        """The talker's prompt as transformers builds it: the thinker's prompt states, the speaker's text
+        BOS, the first reply token; the codec PAD and BOS embeddings added to the last two positions."""
+        talker, cache, inputs = self.talker, self.cache, self.inputs
+        ids = inputs.input_ids[0].tolist()
+        keep = cache.reuse_talker(ids)
+        bos = self.speaker["bos_token"]
+        embed = self.thinker.get_input_embeddings()
+        inputs_embeds = torch.cat([cache.states()[:, keep:len(ids)], embed(torch.tensor([[bos]], device=self.device)),
+                                   self._reply_part(0)], dim=1)
+        codec = talker.get_input_embeddings()
+        inputs_embeds[:, -1] += codec(torch.tensor([talker.codec_bos_token], device=self.device))[0]
+        inputs_embeds[:, -2] += codec(torch.tensor([talker.codec_pad_token], device=self.device))[0]
+        text_ids = torch.cat([inputs.input_ids, torch.tensor([[bos, self.text_tokens[0]]], device=self.device)], 1)
+        positions, talker.rope_deltas = talker.get_rope_index(
+            text_ids, inputs.image_grid_thw, None, torch.ones_like(text_ids), False, inputs.audio_lengths)
+        return talker(inputs_embeds=inputs_embeds, position_ids=positions[:, :, keep:], cache=cache.talker,
+                      use_cache=True)
+
     def _reply_part(self, index: int) -> torch.Tensor:
         if index < len(self._reply):
             return self._reply[index]
@@ -173,25 +193,16 @@ class OmniGeneration:
         if not self._reply and self._thinker_done:
             self._talker_done = True  # the reply was empty: nothing to say
             return
-        talker = self.talker
-        if self._talker_cache is None:
-            embed = self.thinker.get_input_embeddings()
-            bos = self.speaker["bos_token"]
-            bos_embed = embed(torch.tensor([[bos]], device=self.device))
-            inputs_embeds = torch.cat([self._prompt_hidden + self._prompt_embeds, bos_embed, self._reply_part(0)], 1)
-            text_ids = torch.cat([self.inputs.input_ids, torch.tensor([[bos, self.text_tokens[0]]], device=self.device)],
-                                 dim=1)
-            out = talker(inputs_embeds=inputs_embeds, attention_mask=torch.ones_like(text_ids), input_text_ids=text_ids,
-                         image_grid_thw=self.inputs.image_grid_thw, audio_feature_lengths=self.inputs.audio_lengths,
-                         use_cache=True)
-            self._prompt_embeds = self._prompt_hidden = None  # no longer needed
+        talker, cache = self.talker, self.cache
+        if not self._talker_started:
+            self._talker_started = True
+            out = self._talker_prefill()
         else:
-            length = self._talker_cache.get_seq_length() + 1
+            length = cache.talker.get_seq_length() + 1
             out = talker(input_ids=torch.tensor([[self.codes[-1]]], device=self.device),
                          attention_mask=torch.ones((1, length), dtype=torch.long, device=self.device),
-                         thinker_reply_part=self._reply_part(len(self.codes)), cache=self._talker_cache,
-                         use_cache=True)
-        self._talker_cache = out.cache
+                         thinker_reply_part=self._reply_part(len(self.codes)), cache=cache.talker, use_cache=True)
+        cache.talker = out.cache
         code = sample(out.logits[0, -1], self.talker_sampling, self.generator, self.codes,
                       suppress=(talker.codec_bos_token,))
         cap = self.max_codes
@@ -202,3 +213,23 @@ class OmniGeneration:
             return
         self.codes.append(code)
         yield CodecToken(code)
+
+
+def _media_after(prefix: list[int], inputs: PromptInputs, config) -> dict:
+    """The audio features and image patches of the media blocks that start after `prefix`."""
+    audio_runs = _runs(prefix, config.audio_token_index)
+    image_runs = _runs(prefix, config.image_token_index)
+    media: dict = {}
+    if inputs.input_features is not None and audio_runs < inputs.input_features.shape[0]:
+        media["input_features"] = inputs.input_features[audio_runs:]
+        media["feature_attention_mask"] = inputs.feature_attention_mask[audio_runs:]
+    if inputs.image_grid_thw is not None and image_runs < inputs.image_grid_thw.shape[0]:
+        patches = int(inputs.image_grid_thw[:image_runs].prod(dim=-1).sum())
+        media["pixel_values"] = inputs.pixel_values[patches:]
+        media["image_grid_thw"] = inputs.image_grid_thw[image_runs:]
+    return media
+
+
+def _runs(ids: list[int], token: int) -> int:
+    """How many separate runs of `token` there are in `ids` (one run is one audio clip or one image)."""
+    return sum(1 for i, t in enumerate(ids) if t == token and (i == 0 or ids[i - 1] != token))
