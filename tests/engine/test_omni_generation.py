@@ -184,6 +184,15 @@ def test_a_checkpoint_folder_loads_through_from_pretrained(tmp_path):
     list(generation.steps())
     assert generation.text_tokens
 
+    # int8 from a checkpoint: loaded as bf16 (no float32 copy to shrink), LM layers replaced, the rest float32.
+    small = load(OmniSettings(model=str(tmp_path), device="cpu", threads=1, quantization="int8"))
+    assert sum(isinstance(m, Int8Linear) for m in small.model.modules()) == 28
+    assert {p.dtype for p in small.model.parameters()} == {torch.float32}
+    inputs = build_prompt(ReplyRequest("", (Turn("user", "hi"),)), small.processors)
+    generation = OmniGeneration(small.model, inputs, small.model.speaker_map["Chelsie"], eos_ids=small.eos_ids,
+                                max_text_tokens=4, max_codes=4)
+    list(generation.steps())
+
 
 @torch.inference_mode()
 def test_the_conversation_cache_prefills_only_what_is_new_and_changes_nothing(loaded):

@@ -48,8 +48,9 @@ def resolve_device(device: str) -> str:
 
 
 def required_bytes(checkpoint_bytes: int, device: str, quantization: str) -> int:
-    """Memory the loaded model needs: the checkpoint is bf16; CPU runs float32 (x2), int8 halves the LMs."""
-    factor = {("cpu", "none"): 2.0, ("cpu", "int8"): 0.75, ("cuda", "none"): 1.0, ("cuda", "int8"): 0.6,
+    """Peak memory while loading (the checkpoint is bf16): float32 on CPU doubles it; int8 loads bf16 and
+    replaces the LMs' layers one by one (then the small rest goes float32 on CPU); NF4 packs at load."""
+    factor = {("cpu", "none"): 2.0, ("cpu", "int8"): 1.1, ("cuda", "none"): 1.0, ("cuda", "int8"): 1.0,
               ("cuda", "int4"): 0.4}[(device, quantization)]
     return int(checkpoint_bytes * factor) + ACTIVATION_MARGIN_BYTES
 
@@ -113,6 +114,7 @@ def load(settings: OmniSettings, store: ModelStore | None = None) -> LoadedOmni:
         size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
         check_memory(size, device, settings.quantization)
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        load_dtype = torch.bfloat16 if settings.quantization == "int8" else dtype  # never a float32 copy to shrink
         from transformers import AutoTokenizer, Qwen2_5OmniForConditionalGeneration, WhisperFeatureExtractor
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -121,7 +123,7 @@ def load(settings: OmniSettings, store: ModelStore | None = None) -> LoadedOmni:
             extra["device_map"] = {"": device}
             _require("accelerate", "loading onto a GPU")
         model = Qwen2_5OmniForConditionalGeneration.from_pretrained(
-            folder, dtype=dtype, local_files_only=True, **extra).eval()
+            folder, dtype=load_dtype, local_files_only=True, **extra).eval()
         processors = Processors(AutoTokenizer.from_pretrained(folder, local_files_only=True),
                                 WhisperFeatureExtractor.from_pretrained(folder, local_files_only=True),
                                 Qwen2VLImageProcessorPil.from_pretrained(folder, local_files_only=True,
@@ -130,6 +132,8 @@ def load(settings: OmniSettings, store: ModelStore | None = None) -> LoadedOmni:
     if settings.quantization == "int8":
         replaced = quantize_int8(model.thinker.model.language_model) + quantize_int8(model.talker.model)
         log.info("int8 weight-only: %d linear layers of the thinker and talker", replaced)
+        if dtype == torch.float32:
+            model.float()  # the encoders, heads and scales; int8 weights stay int8
     model = model.to(device) if settings.quantization != "int4" else model
     tokenizer = processors.tokenizer
     eos_ids = tuple(i for i in (tokenizer.convert_tokens_to_ids("<|im_end|>"),
