@@ -7,7 +7,6 @@ vocoder stream audio deltas, and cancel/truncate go through the session exactly 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import os
@@ -164,4 +163,16 @@ def test_serve_reports_missing_weights_and_exits(tmp_path):
     assert "does not hold a Qwen2.5-Omni checkpoint" in out.stderr
 
 
-_ = asyncio  # the module's tests run on the session's event loop (pytest-asyncio auto mode)
+
+
+async def test_text_only_session_streams_text_once(client):
+    await client.send("session.update", session={"type": "realtime", "output_modalities": ["text"]})
+    await client.expect("session.updated")
+    events = await ask(client, "Say something.")
+    assert events[-1]["response"]["status"] == "completed"
+    assert not [e for e in events if "audio" in e["type"]]
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    final = next(e["text"] for e in events if e["type"] == "response.output_text.done")
+    assert deltas == final and 5 < len(final) <= SETTINGS.max_reply_tokens  # one byte a token: none repeated
+    half = len(final) // 2
+    assert final[:half] != final[half:2 * half]

@@ -242,9 +242,7 @@ class _ReplyRun:
                     if len(generation.text_tokens) > 1:
                         stats.decode_tok_s = round((len(generation.text_tokens) - 1) /
                                                    max(1e-6, ended - first_token_at), 1)
-                self.text.finish()
-                if not request.speak and (tail := self.text.take_rest()):
-                    self._deliver(TextDelta(tail))
+                self.text.finish()  # text-only replies already went out token by token
         except Exception as error:  # reported to the session as a failed response
             log.exception("omni generation failed")
             self.cache.reset()  # a step that failed halfway may have left the caches out of step

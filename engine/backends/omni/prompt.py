@@ -7,6 +7,7 @@ as audio (the thinker hears tone, not a transcript); screenshots go in as images
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass, field
 
@@ -27,6 +28,15 @@ class Processors:
     tokenizer: object
     feature_extractor: object  # transformers WhisperFeatureExtractor
     image_processor: object  # transformers Qwen2VLImageProcessorPil (no torchvision needed)
+    # Every prompt holds the whole history: its screenshots and audio are processed once, not every turn.
+    memo: dict = field(default_factory=dict)
+
+    def remembered(self, key: tuple, make):
+        if key not in self.memo:
+            if len(self.memo) >= 64:
+                self.memo.pop(next(iter(self.memo)))
+            self.memo[key] = make()
+        return self.memo[key]
 
 
 @dataclass
@@ -98,12 +108,15 @@ def _turn(turn: Turn, processors: Processors) -> _Segment | None:
     role = turn.role if turn.role in ("user", "assistant", "system") else "user"
     parts, audios, images = [], [], []
     for image in turn.images:
-        pixels, grid = _image(image.data, processors.image_processor)
+        pixels, grid = processors.remembered(("image", hashlib.sha1(image.data).digest()),
+                                             lambda data=image.data: _image(data, processors.image_processor))
         merge = processors.image_processor.merge_size
         parts.append("<|vision_bos|>" + "<|IMAGE|>" * int(grid.prod() // merge ** 2) + "<|vision_eos|>")
         images.append((pixels, grid))
     if role == "user" and turn.audio is not None and turn.audio.size:
-        features, mask = _audio(turn.audio, processors.feature_extractor)
+        audio = turn.audio
+        features, mask = processors.remembered(("audio", hashlib.sha1(audio.tobytes()).digest(), audio.dtype.str),
+                                               lambda: _audio(audio, processors.feature_extractor))
         parts.append("<|audio_bos|>" + "<|AUDIO|>" * audio_token_count(int(mask.sum())) + "<|audio_eos|>")
         audios.append((features, mask))
     elif turn.text.strip():
