@@ -60,6 +60,7 @@ class OmniBackend(Backend):
         self._seed = settings.seed if settings.seed is not None else int(time.time_ns() % 2**31)
         self._closed = threading.Event()
         self.last_prompt = None
+        self.last_speech: tuple[list[int], int] | None = None
         log.info("omni backend ready in %.1f s: %s", self.loaded.load_seconds, self.model)
 
     def open_session(self) -> OmniSession:
@@ -257,8 +258,9 @@ class _ReplyRun:
         backend = self.backend
         try:
             with backend.voice_lock:
+                seed = backend.next_seed()
                 voice = Token2Wav(backend.loaded.model.token2wav, backend.speaker(self.request.voice), backend.chunks,
-                                  seed=backend.next_seed())
+                                  seed=seed)
                 samples = 0
                 while not self.stopped.is_set():
                     code = self.codes.get()
@@ -279,6 +281,7 @@ class _ReplyRun:
                 if self.stopped.is_set():
                     return
                 audio = voice.finish()
+                backend.last_speech = (voice.codes, seed)  # the reply's codes and noise seed, for the tests
                 self.text.finish()
                 if audio.size or self.text.has_rest():
                     self.stats.mark("first_audio")
