@@ -41,6 +41,12 @@ RECENT_S = 1.0
 PRESENCE_SPAN_S = 0.5
 PRESENCE_EVERY = 100
 ECHO_PRESENT = 0.5
+# Losing the echo is judged more slowly than finding it: a check that falls while the person talks over
+# the reply (or while an overloaded machine drops a block) scores low too, and one such check used to
+# switch the detector to the raw microphone, where the next replies' echo cut them at once. So it takes
+# ABSENT_CHECKS checks in a row under ECHO_ABSENT, or a microphone that heard nothing at all.
+ECHO_ABSENT = 0.3
+ABSENT_CHECKS = 3
 
 
 class EchoMonitor:
@@ -144,6 +150,7 @@ class EchoCanceller:
         self.monitor = EchoMonitor()
         self._recent_near = _Recent(round(RECENT_S * PROTOCOL_RATE))
         self._echo_present: bool | None = None  # None: not known yet (see echo_heard)
+        self._absent_checks = 0  # checks in a row that found no echo
         self._playing_frames = 0
         self._recent_far = _Recent(round(RECENT_S * PROTOCOL_RATE))
         self.cpu_s = 0.0  # spent inside AEC3
@@ -204,6 +211,7 @@ class EchoCanceller:
         """Forget the learnt echo path (after a device change)."""
         self._processor = None
         self._echo_present = None
+        self._absent_checks = 0
 
     def echo_heard(self) -> bool:
         """Whether the speaker's sound reaches the microphone (open speakers, not headphones). Until a
@@ -234,6 +242,19 @@ class EchoCanceller:
         scores = np.abs(products) / np.sqrt(energy * np.maximum(window_energy, 1e-12))
         return float(np.clip(scores.max(), 0.0, 1.0))
 
+    def _judge_presence(self) -> None:
+        heard = self._recent_near.last(round(PRESENCE_SPAN_S * PROTOCOL_RATE))
+        if float(np.dot(heard, heard)) / max(1, len(heard)) < AUDIBLE_ECHO:
+            self._echo_present, self._absent_checks = False, ABSENT_CHECKS  # the microphone heard nothing
+            return
+        likeness = self._likeness(self._recent_near, PRESENCE_SPAN_S)
+        if likeness >= ECHO_PRESENT:
+            self._echo_present, self._absent_checks = True, 0
+        elif likeness < ECHO_ABSENT:
+            self._absent_checks += 1
+            if self._absent_checks >= ABSENT_CHECKS:
+                self._echo_present = False
+
     def _echo_possible(self, start: float, length: int) -> bool:
         if self._played.playing_at(start + length / PROTOCOL_RATE):
             self._last_played = start
@@ -252,7 +273,7 @@ class EchoCanceller:
         if far.any():
             self._playing_frames += 1
             if self._playing_frames % PRESENCE_EVERY == 0:
-                self._echo_present = self._likeness(self._recent_near, PRESENCE_SPAN_S) >= ECHO_PRESENT
+                self._judge_presence()
         if self.monitor.add(frame, cleaned, far) and self.echo_heard() and self._on_failing is not None:
             self._on_failing()  # the echo is there and getting through (not noise the canceller cannot touch)
         if not self.echo_heard():

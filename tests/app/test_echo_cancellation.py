@@ -125,7 +125,7 @@ def test_monitor_says_failing_only_when_a_whole_window_of_echo_gets_through():
 
 
 def test_echo_is_heard_only_where_the_microphone_hears_what_played():
-    speech = _speech()
+    speech = np.tile(_speech(), 2)  # the echo is judged absent only after three checks, a second apart
     delay = round(0.045 * PROTOCOL_RATE)
     echo = np.concatenate([np.zeros(delay, np.float32), speech * 0.5])[:len(speech)]
     noise = np.random.default_rng(3).standard_normal(len(speech)).astype(np.float32) * 0.05
@@ -142,6 +142,27 @@ def test_echo_is_heard_only_where_the_microphone_hears_what_played():
         if name == "headphones in a noisy room":  # the person's own sound goes on untouched
             assert np.array_equal(out.audio()[-PROTOCOL_RATE:], noise[len(out.audio()) - PROTOCOL_RATE:len(out.audio())])
     assert verdicts == {"open speakers": True, "headphones in a noisy room": False}
+
+
+def test_a_person_talking_over_the_echo_does_not_make_it_pass_for_absent():
+    """A check that falls in double talk scores low; one such check once switched the detector to
+    the raw microphone, and the following replies' echo cut them at once."""
+    speech = _speech()
+    delay = round(0.045 * PROTOCOL_RATE)
+    echo = np.concatenate([np.zeros(delay, np.float32), speech * 0.5])[:len(speech)]
+    person = say("No wait, I meant the other platform, the one by the bridge.", "flite:awb")
+    near = echo.copy()
+    start = int(0.6 * PROTOCOL_RATE)  # over the first check (at 1 s of playback) and the second
+    talk = np.resize(person, int(1.6 * PROTOCOL_RATE)) * 4.0  # much louder than the echo
+    near[start:start + len(talk)] += talk[:len(near) - start]
+    played = PlayedAudio()
+    _play(played, echo_trials_to_48k(speech), start=100.0)
+    canceller = EchoCanceller(played, _Collect())
+    judged = []
+    for position in range(0, len(near) - FRAME + 1, FRAME):
+        canceller.process(near[position:position + FRAME], 100.0 + position / PROTOCOL_RATE)
+        judged.append(canceller.echo_heard())
+    assert all(judged)
 
 
 # --- the real path on the harness ----------------------------------------------------------------
