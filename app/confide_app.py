@@ -100,6 +100,10 @@ class _SavedHistory:
     def as_conversation_items(self) -> list[dict]:
         return self._history.as_conversation_items()
 
+    def clear(self) -> None:
+        self._history.clear()
+        self._saver.submit(self._save)
+
     def _save(self) -> None:
         try:
             self._history.save()
@@ -237,6 +241,7 @@ class ConfideApp(QObject):
         c.assistant_delta.connect(w.show_assistant_delta)
         c.assistant_finished.connect(w.finish_assistant)
         c.screenshot_attached.connect(w.show_screenshot)
+        c.conversation_cleared.connect(w.clear_conversation)
         c.message.connect(self._show_message)
         c.hands_free_changed.connect(self._on_hands_free_changed)
         c.muted_changed.connect(w.set_muted)
@@ -247,6 +252,7 @@ class ConfideApp(QObject):
             source.mute_toggled.connect(c.set_muted)
             source.ask_screen_requested.connect(self.ask_about_screen)
             source.settings_requested.connect(self.open_settings)
+            source.new_conversation_requested.connect(c.new_conversation)
         w.text_submitted.connect(c.submit_text)
         w.talk_pressed.connect(c.talk_pressed)
         w.talk_released.connect(c.talk_released)

@@ -44,6 +44,7 @@ class HistoryPort(Protocol):
     def record(self, role: str, text: str, item_id: str, interrupted: bool = False,
                had_screenshot: bool = False) -> None: ...  # adds the turn, or replaces the one with that id
     def as_conversation_items(self) -> list[dict]: ...
+    def clear(self) -> None: ...
 
 
 @dataclass
@@ -85,6 +86,7 @@ class Controller(QObject):
     assistant_delta = Signal(str, str)  # response_id, text
     assistant_finished = Signal(str, str, bool)  # response_id, what was heard, interrupted
     screenshot_attached = Signal(bytes)
+    conversation_cleared = Signal()
     message = Signal(str, bool)  # text, is_error
     hands_free_changed = Signal(bool)
     muted_changed = Signal(bool)
@@ -97,6 +99,7 @@ class Controller(QObject):
         self._facts = _Facts()
         self._partials: dict[str, str] = {}
         self._pending_screenshot = False
+        self._session_items: list[str] = []  # what the engine's conversation holds, by item id
         self._state: tuple[AppState, str] = (AppState.CONNECTING, "")
         self._engine.update_session(self._session())
 
@@ -149,6 +152,7 @@ class Controller(QObject):
         """A (new) engine session: its conversation is empty, so it is re-seeded from the history."""
         f = self._facts
         f.connected, f.failure = True, ""
+        self._session_items.clear()  # a new session starts empty; the seeded items are announced again
         if self._history is not None:
             for item in self._history.as_conversation_items():
                 self._engine.send(item)
@@ -259,6 +263,25 @@ class Controller(QObject):
 
     def stop_speaking(self) -> None:
         self._interrupt("stop")
+        self._refresh()
+
+    def new_conversation(self) -> None:
+        """Forget the conversation: here, in the saved history, and in the engine's session (each item
+        it holds is deleted, screenshots included), so the next turn starts with nothing before it."""
+        f = self._facts
+        self._interrupt("a new conversation")
+        for item_id in self._session_items:
+            self._engine.send({"type": "conversation.item.delete", "item_id": item_id})
+        self._session_items.clear()
+        # What was being cut settles into nothing: its heard text must not land in the new history.
+        f.replies = {rid: reply for rid, reply in f.replies.items() if not reply.cancelled}
+        f.awaiting_reply = False
+        self._partials.clear()
+        self._pending_screenshot = False
+        self._end_one_shot()
+        if self._history is not None:
+            self._history.clear()
+        self.conversation_cleared.emit()
         self._refresh()
 
     def barge_in(self, response_id: str, _onset: float | None = None) -> None:
@@ -404,6 +427,15 @@ class Controller(QObject):
                 self.assistant_finished.emit(response_id, heard, True)
                 self._record("assistant", heard, reply.item_id, interrupted=True)
 
+    def _on_item_created(self, event: dict) -> None:
+        item_id = (event.get("item") or {}).get("id")
+        if item_id and item_id not in self._session_items:
+            self._session_items.append(item_id)
+
+    def _on_item_deleted(self, event: dict) -> None:
+        if event.get("item_id") in self._session_items:
+            self._session_items.remove(event["item_id"])
+
     def _on_error(self, event: dict) -> None:
         error = event.get("error") or {}
         if error.get("code") in ("response_cancel_not_active",):
@@ -424,6 +456,9 @@ class Controller(QObject):
         "response.output_text.delta": _on_reply_text,
         "response.done": _on_response_done,
         "conversation.item.retrieved": _on_item_retrieved,
+        "conversation.item.created": _on_item_created,
+        "conversation.item.added": _on_item_created,  # the GA name
+        "conversation.item.deleted": _on_item_deleted,
         "error": _on_error,
     }
 

@@ -24,8 +24,9 @@ REPLY_START_TIMEOUT_S = 60.0
 # A conversation full of interrupted replies teaches a small model to answer in a word: the person's
 # own instructions (a setting) ask for long answers, as the engine benchmark's do.
 AT_LENGTH = "Answer at length: at least eight full sentences."
-# Every trial asks something new: a small model shown its own cut-short answer to the same request
-# repeats it word for word, and a two-word reply is over before anyone can talk over it.
+# Every trial starts a new conversation and asks something new: a small model shown its own cut-short
+# answers repeats them word for word ("I'm sorry," twenty times over in one run), and a two-word reply
+# is over before anyone can talk over it.
 STORY_SUBJECTS = (
     "a lighthouse keeper who befriends a lost whale", "a robot who plants a garden on the moon",
     "a clockmaker who can pause time for one minute a day", "a fox who runs a tiny bookshop",
@@ -54,6 +55,7 @@ class BargeInTiming:
 
 def barge_in(pulse, confide, probe, request: str, speech: SpokenLine, listen_s: float) -> BargeInTiming:
     controller = confide.controller
+    controller.new_conversation()
     with pulse.record_mic_feed() as mic, pulse.record_speaker() as speaker:
         asked = time.monotonic()
         controller.submit_text(request)

@@ -38,6 +38,7 @@ class TrayIcon(QObject):
     hands_free_toggled = Signal(bool)
     mute_toggled = Signal(bool)
     settings_requested = Signal()
+    new_conversation_requested = Signal()
     quit_requested = Signal()
 
     def __init__(self, fallback: MessageWindow | None = None, parent: QObject | None = None) -> None:
@@ -57,6 +58,7 @@ class TrayIcon(QObject):
         self.hands_free_action = self._add_toggle("Hands-free", self.hands_free_toggled)
         self.mute_action = self._add_toggle("Mute microphone", self.mute_toggled)
         self._menu.addSeparator()
+        self.new_conversation_action = self._add_action("New conversation", self.new_conversation_requested)
         self.settings_action = self._add_action("Settings…", self.settings_requested)
         self.quit_action = self._add_action("Quit", self.quit_requested)
 

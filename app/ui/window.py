@@ -213,6 +213,7 @@ class MainWindow(QWidget):
     hands_free_toggled = Signal(bool)
     mute_toggled = Signal(bool)
     settings_requested = Signal()
+    new_conversation_requested = Signal()
 
     # Internal: a screenshot decoded on a worker thread, delivered to the GUI thread.
     _screenshot_decoded = Signal(int, QImage, QImage)
@@ -221,7 +222,7 @@ class MainWindow(QWidget):
         super().__init__(parent)
         self.setWindowTitle("Confide")
         self.setWindowIcon(app_icon())
-        self.resize(400, 560)
+        self.resize(480, 560)
 
         self._state = AppState.CONNECTING
         self._screenshot_generation = itertools.count(1)
@@ -281,6 +282,10 @@ class MainWindow(QWidget):
         self.hands_free_box.clicked.connect(self.hands_free_toggled)
         self.mute_box = QCheckBox("Mute microphone")
         self.mute_box.clicked.connect(self.mute_toggled)
+        self.new_conversation_button = QPushButton("New conversation")
+        self.new_conversation_button.setFlat(True)
+        self.new_conversation_button.setToolTip("Forget this conversation and start afresh")
+        self.new_conversation_button.clicked.connect(lambda: self.new_conversation_requested.emit())
         self.settings_button = QPushButton("Settings…")
         self.settings_button.setFlat(True)
         self.settings_button.clicked.connect(lambda: self.settings_requested.emit())
@@ -288,6 +293,7 @@ class MainWindow(QWidget):
         toggles.addWidget(self.hands_free_box)
         toggles.addWidget(self.mute_box)
         toggles.addStretch(1)
+        toggles.addWidget(self.new_conversation_button)
         toggles.addWidget(self.settings_button)
 
         layout = QVBoxLayout(self)
@@ -393,6 +399,11 @@ class MainWindow(QWidget):
             key = f"history-{next(self._history_keys)}"
             self.transcript.add(TranscriptEntry(role, key, text, interrupted=interrupted, finished=True))
 
+    def clear_conversation(self) -> None:
+        """A new conversation: no transcript, no screenshot."""
+        self.transcript.clear()
+        self.show_screenshot(None)
+
     def transcript_entries(self) -> list[TranscriptEntry]:
         return self.transcript.entries()
 
@@ -459,6 +470,7 @@ class MainWindow(QWidget):
         if screen is not self._placed_on_screen:
             self._placed_on_screen = screen
             area = screen.availableGeometry()
+            self.layout().activate()  # before the first show the size is not yet held to the layout's minimum
             frame = self.frameGeometry()
             self.move(QPoint(area.right() - frame.width() - SCREEN_MARGIN, area.top() + SCREEN_MARGIN))
         if self.isMinimized():

@@ -72,6 +72,9 @@ class MemoryHistory:
         return [{"type": "conversation.item.create", "item": {"id": item_id, "role": role}}
                 for item_id, (role, *_rest) in self.turns.items()]
 
+    def clear(self) -> None:
+        self.turns.clear()
+
 
 class Rig:
     def __init__(self, hands_free: bool = False):
@@ -187,6 +190,7 @@ EVENTS = {
         "id": f"item_{_current(rig)}", "content": [{"type": "output_audio", "transcript": "Hello"}]}),
     "engine_error": lambda rig: rig.event("error", error={"code": "invalid_value", "message": "bad"}),
     "unknown_event": lambda rig: rig.event("rate_limits.updated"),
+    "new_conversation": lambda rig: rig.controller.new_conversation(),
 }
 
 
@@ -223,7 +227,7 @@ def test_every_event_in_every_state(qtbot, state, event):
     assert rig.mic.guarding == facts.playing
     # Anything that interrupts a playing reply silences it and truncates to what was heard.
     if playing_before and event in ("barge_in", "stop_speaking", "talk_pressed", "submit_text", "ask_about_screen",
-                                    "speech_started"):
+                                    "speech_started", "new_conversation"):
         assert facts.playing is None
         if event != "barge_in":  # on a barge-in the microphone router already silenced the speaker
             assert playing_before in rig.speaker.cancelled
@@ -352,3 +356,40 @@ def test_instructions_setting_reaches_the_session_and_empty_keeps_the_engine_per
     rig.controller.settings.instructions = "   "
     rig.controller.apply_settings()
     assert "instructions" not in rig.engine.sessions[-1]["session"]
+
+
+def test_a_new_conversation_forgets_everything_here_and_in_the_engine(qtbot):
+    rig = in_idle()
+    cleared = []
+    rig.controller.conversation_cleared.connect(lambda: cleared.append(True))
+    rig.controller.ask_about_screen(PNG, "what is this")
+    for item_id in ("item_image", "item_typed"):
+        rig.event("conversation.item.created", item={"id": item_id})
+    response_id = rig.reply_arrives("That is a login form with")
+    rig.event("conversation.item.created", item={"id": f"item_{response_id}"})
+    rig.controller.new_conversation()
+    # The reply stops (heard part truncated), then every item the engine holds is deleted.
+    assert rig.speaker.cancelled == [response_id] and rig.controller.state is AppState.IDLE
+    deleted = [e["item_id"] for e in rig.engine.of_type("conversation.item.delete")]
+    assert deleted == ["item_image", "item_typed", f"item_{response_id}"]
+    assert rig.history.turns == {} and cleared == [True]
+    # The cut reply's heard text arriving afterwards does not come back into the new history.
+    rig.event("response.done", response={"id": response_id, "status": "cancelled"})
+    rig.event("conversation.item.retrieved", item={"id": f"item_{response_id}", "content": [{"transcript": "That"}]})
+    assert rig.history.turns == {}
+    for item_id in deleted:
+        rig.event("conversation.item.deleted", item_id=item_id)
+    rig.controller.submit_text("hello")
+    assert rig.controller.state is AppState.THINKING and list(rig.history.turns.values())[0][:2] == ("user", "hello")
+    rig.controller.new_conversation()
+    assert rig.engine.of_type("conversation.item.delete")[3:] == []  # the typed item was never announced
+
+
+def test_a_new_session_is_seeded_and_its_items_are_the_ones_forgotten(qtbot):
+    rig = in_idle()
+    rig.event("conversation.item.created", item={"id": "item_old_session"})
+    rig.controller.engine_disconnected("engine restarted")
+    rig.controller.engine_connected()
+    rig.event("conversation.item.created", item={"id": "item_seeded"})
+    rig.controller.new_conversation()
+    assert [e["item_id"] for e in rig.engine.of_type("conversation.item.delete")] == ["item_seeded"]

@@ -180,7 +180,7 @@ def test_right_click_menu_open_confide_shows_the_window(tray, window, x_display)
     open_menu(x_display, tray)
     labels = [action.text() for action in tray.menu.actions() if not action.isSeparator()]
     assert labels[1:] == ["Open Confide", "Talk", "Ask about my screen", "Hands-free", "Mute microphone",
-                          "Settings…", "Quit"]
+                          "New conversation", "Settings…", "Quit"]
     assert labels[0].startswith("Confide: ")  # the state, in words, heads the menu
     click_menu_item(x_display, tray, tray.open_action)
     wait_until(lambda: window.isVisible() and window.isActiveWindow(), timeout=5, what="the window to come up")
@@ -197,6 +197,7 @@ def test_left_click_opens_the_window(tray, window, x_display, qtbot):
     ("talk_action", "talk_requested"),
     ("ask_screen_action", "ask_screen_requested"),
     ("settings_action", "settings_requested"),
+    ("new_conversation_action", "new_conversation_requested"),
     ("quit_action", "quit_requested"),
 ])
 def test_menu_items_emit_their_signal(tray, x_display, qtbot, action_name, signal_name):

@@ -169,6 +169,7 @@ def test_buttons_and_toggles_emit_on_clicks(window, x_display, qtbot):
     for widget, signal, args in (
         (window.ask_screen_button, window.ask_screen_requested, []),
         (window.settings_button, window.settings_requested, []),
+        (window.new_conversation_button, window.new_conversation_requested, []),
         (window.hands_free_box, window.hands_free_toggled, [True]),
         (window.mute_box, window.mute_toggled, [True]),
         (window.mute_box, window.mute_toggled, [False]),
@@ -341,6 +342,15 @@ def test_screenshot_thumbnail_shows_and_enlarges(window, x_display, qtbot):
 
     window.show_screenshot(None)
     assert not window.thumbnail.isVisible()
+
+
+def test_a_new_conversation_empties_the_transcript_and_the_screenshot(window, qtbot):
+    shown(window)
+    window.load_history([("user", "What is on my screen?", False), ("assistant", "A login form.", False)])
+    window.show_screenshot(png_bytes(solid_image(800, 600, "#2f9e44")))
+    wait_until(window.thumbnail.isVisible, timeout=5, what="the thumbnail")
+    window.clear_conversation()
+    assert window.transcript_entries() == [] and not window.thumbnail.isVisible()
 
 
 def test_only_the_latest_screenshot_lands(window, qtbot):
