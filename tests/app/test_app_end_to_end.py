@@ -174,6 +174,28 @@ def test_killing_the_engine_mid_reply_recovers_with_the_history(confide, qtbot):
     assert "green" in confide.history.turns[-1].text.lower(), confide.history.turns[-1].text
 
 
+def test_a_new_conversation_is_forgotten_by_the_engine_and_on_disk(confide, qtbot):
+    confide.controller.submit_text("My dog's name is Biscuit.")
+    wait_reply_done(qtbot, confide)
+    confide.controller.submit_text("What is my dog's name?")
+    wait_reply_done(qtbot, confide)
+    assert "biscuit" in confide.history.turns[-1].text.lower(), confide.history.turns[-1].text  # it was known
+    confide.controller.new_conversation()
+    assert confide.history.turns == [] and confide.window.transcript_entries() == []
+    pump(qtbot, lambda: _saved_turns() == [], 5, "the emptied history on disk")
+    confide.controller.submit_text("What is my dog's name?")
+    wait_reply_done(qtbot, confide)
+    answer = confide.history.turns[-1].text
+    assert [t.role for t in confide.history.turns] == ["user", "assistant"]
+    assert "biscuit" not in answer.lower(), answer  # the engine's conversation was emptied too
+
+
+def _saved_turns() -> list:
+    saved = ConversationHistory()
+    saved.load()
+    return saved.turns
+
+
 def test_starting_with_no_microphone_says_so_and_typing_still_works(x_display, pulse_audio, qtbot, tmp_path,
                                                                      monkeypatch):
     for name in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
