@@ -225,3 +225,27 @@ def test_the_conversation_cache_prefills_only_what_is_new_and_changes_nothing(lo
         assert len(cached.codes) == 12
         assert 0 < cached.cached_tokens < cached.prompt_tokens
     assert cached.cached_tokens == cached.prompt_tokens - 1  # the repeat prefills a single token
+
+
+@torch.inference_mode()
+def test_prefilling_the_history_ahead_changes_nothing(loaded):
+    """What the session does while the user speaks: the history goes into the cache (thinker and talker)
+    first, then the reply with the new turn runs only that turn, with the same tokens as a fresh run."""
+    from engine.backends.omni.conversation_cache import ConversationCache
+    from engine.backends.omni.generation import prefill
+
+    model, speaker = loaded.model, loaded.model.speaker_map["Ethan"]
+    history = (Turn("user", "hello there"), Turn("assistant", "hi, how can I help"))
+    cache = ConversationCache()
+    assert prefill(model, build_prompt(ReplyRequest("Be kind.", history), loaded.processors), cache) == 0
+    turns = (*history, Turn("user", "", audio=(np.sin(np.arange(9_000) * 0.02) * 7000).astype(np.int16)))
+    inputs = build_prompt(ReplyRequest("Be kind.", turns), loaded.processors)
+    results = []
+    for use in (cache, None):
+        generation = OmniGeneration(model, inputs, speaker, eos_ids=loaded.eos_ids, max_text_tokens=6, max_codes=10,
+                                    thinker_sampling=GREEDY, talker_sampling=GREEDY, cache=use)
+        list(generation.steps())
+        results.append((generation.text_tokens, generation.codes, generation.cached_tokens))
+    (text, codes, cached), (fresh_text, fresh_codes, _) = results
+    assert (text, codes) == (fresh_text, fresh_codes) and len(codes) == 10
+    assert cached > inputs.input_ids.shape[1] // 2  # the history (and instructions) came from the cache

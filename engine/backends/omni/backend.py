@@ -33,7 +33,7 @@ from engine.backends.base import (
     TextDelta,
 )
 from engine.backends.omni.conversation_cache import ConversationCache
-from engine.backends.omni.generation import CodecToken, OmniGeneration, Sampling, TextToken
+from engine.backends.omni.generation import CodecToken, OmniGeneration, Sampling, TextToken, prefill
 from engine.backends.omni.loading import LoadedOmni, load
 from engine.backends.omni.settings import OmniSettings
 from engine.backends.omni.prompt import build_prompt
@@ -102,10 +102,43 @@ class OmniBackend(Backend):
 class OmniSession(BackendSession):
     def __init__(self, backend: OmniBackend):
         self.backend = backend
-        self.cache = ConversationCache()  # used by one reply at a time (the backend's LM lock)
+        self.cache = ConversationCache()  # used under the backend's LM lock only
+        self._prefill_lock = threading.Lock()
+        self._prefill_next: ReplyRequest | None = None
+        self._prefill_thread: threading.Thread | None = None
+
+    def prepare(self, context: ReplyRequest) -> None:
+        self._prefill_later(context)  # e.g. the system prompt, before anyone speaks
 
     def listen(self, context: ReplyRequest, on_partial: Callable[[str], None] | None = None) -> Listener:
+        self._prefill_later(context)  # the history, while the user speaks: the reply then runs only their turn
         return _AudioListener()
+
+    def _prefill_later(self, context: ReplyRequest) -> None:
+        with self._prefill_lock:
+            self._prefill_next = context
+            if self._prefill_thread is None or not self._prefill_thread.is_alive():
+                self._prefill_thread = threading.Thread(target=self._prefill, name="omni-prefill", daemon=True)
+                self._prefill_thread.start()
+
+    def _prefill(self) -> None:
+        backend = self.backend
+        while True:
+            with self._prefill_lock:
+                context, self._prefill_next = self._prefill_next, None
+            if context is None or backend._closed.is_set():
+                return
+            try:
+                with backend.lm_lock:
+                    loaded = backend.loaded
+                    inputs = build_prompt(context, loaded.processors, backend.settings.max_prompt_tokens)
+                    started = time.monotonic()
+                    cached = prefill(loaded.model, inputs.to(loaded.device, loaded.dtype), self.cache, context.speak)
+                    log.debug("omni prefill of %d tokens (%d cached) took %.0f ms", inputs.counts["tokens"] - cached,
+                              cached, (time.monotonic() - started) * 1000)
+            except Exception:
+                log.exception("omni prefill failed (harmless: the reply will prefill instead)")
+                self.cache.reset()
 
     async def read_screen(self, image: bytes) -> ScreenImage:
         from PIL import Image, UnidentifiedImageError
@@ -122,6 +155,8 @@ class OmniSession(BackendSession):
         if last is not None and last.role == "user" and not last.text.strip() and not last.images and (
                 last.audio is None or not last.audio.size):
             return
+        with self._prefill_lock:
+            self._prefill_next = None  # the reply prefills what it needs; an older context would only delay it
         run = _ReplyRun(self.backend, request, stats or ReplyStats(), asyncio.get_running_loop(), self.cache)
         run.start()
         try:

@@ -86,8 +86,6 @@ class OmniGeneration:
         self.prompt_tokens = int(inputs.input_ids.shape[1])
         self.cached_tokens = 0  # prompt tokens whose keys/values came from the conversation cache
         self.cache = cache or ConversationCache()
-        config = self.thinker.config
-        self._media_ids = {config.audio_token_index, config.image_token_index, config.video_token_index}
         # Thinker state
         self._rope_delta = None
         self._thinker_done = False
@@ -111,22 +109,8 @@ class OmniGeneration:
     # --- thinker ----------------------------------------------------------------------------------
 
     def _thinker_prefill(self) -> Iterator[TextToken]:
-        inputs, cache = self.inputs, self.cache
-        ids = inputs.input_ids[0].tolist()
-        positions, self._rope_delta = self.thinker.get_rope_index(
-            inputs.input_ids, inputs.image_grid_thw, None, torch.ones_like(inputs.input_ids), False,
-            inputs.audio_lengths)
-        keep = self.cached_tokens = cache.reuse_thinker(ids, self._media_ids)
-        media = _media_after(ids[:keep], inputs, self.thinker.config)
-        new_ids = inputs.input_ids[:, keep:]
-        out = self.thinker(input_ids=new_ids, position_ids=positions[:, :, keep:], cache=cache.thinker,
-                           use_cache=True, output_hidden_states=True, **media)
-        cache.thinker = out.cache
-        embeds = out.hidden_states[0].clone()
-        # As transformers does: the talker sees no audio/image features, only the text around them.
-        embeds[torch.isin(new_ids, torch.tensor(sorted(self._media_ids), device=self.device))] = 0
-        cache.extend(ids[keep:], embeds + out.hidden_states[-1])
-        yield from self._take(out.logits[0, -1])
+        logits, self._rope_delta, self.cached_tokens = _thinker_prompt(self.thinker, self.inputs, self.cache)
+        yield from self._take(logits)
 
     def _thinker_step(self) -> Iterator[TextToken]:
         if self._thinker_done:
@@ -213,6 +197,42 @@ class OmniGeneration:
             return
         self.codes.append(code)
         yield CodecToken(code)
+
+
+@torch.inference_mode()
+def prefill(model, inputs: PromptInputs, cache: ConversationCache, talker: bool = True) -> int:
+    """Run a conversation's prompt into its cache ahead of time (the history while the user speaks), so
+    the reply prefills only what comes after it. Returns how many tokens were already cached."""
+    _, _, cached = _thinker_prompt(model.thinker, inputs, cache)
+    if talker:
+        ids = inputs.input_ids[0].tolist()
+        keep = cache.reuse_talker(ids)
+        if keep < len(ids):
+            positions, _ = model.talker.get_rope_index(inputs.input_ids, inputs.image_grid_thw, None,
+                                                       torch.ones_like(inputs.input_ids), False, inputs.audio_lengths)
+            out = model.talker(inputs_embeds=cache.states()[:, keep:len(ids)], position_ids=positions[:, :, keep:],
+                               cache=cache.talker, use_cache=True)
+            cache.talker = out.cache
+    return cached
+
+
+def _thinker_prompt(thinker, inputs: PromptInputs, cache: ConversationCache):
+    """Run the part of the prompt the cache does not hold; returns (last logits, rope delta, cached count)."""
+    config = thinker.config
+    media_ids = {config.audio_token_index, config.image_token_index, config.video_token_index}
+    ids = inputs.input_ids[0].tolist()
+    positions, rope_delta = thinker.get_rope_index(inputs.input_ids, inputs.image_grid_thw, None,
+                                                   torch.ones_like(inputs.input_ids), False, inputs.audio_lengths)
+    keep = cache.reuse_thinker(ids, media_ids)
+    new_ids = inputs.input_ids[:, keep:]
+    out = thinker(input_ids=new_ids, position_ids=positions[:, :, keep:], cache=cache.thinker, use_cache=True,
+                  output_hidden_states=True, **_media_after(ids[:keep], inputs, config))
+    cache.thinker = out.cache
+    embeds = out.hidden_states[0].clone()
+    # As transformers does: the talker sees no audio/image features, only the text around them.
+    embeds[torch.isin(new_ids, torch.tensor(sorted(media_ids), device=new_ids.device))] = 0
+    cache.extend(ids[keep:], embeds + out.hidden_states[-1])
+    return out.logits[0, -1], rope_delta, keep
 
 
 def _media_after(prefix: list[int], inputs: PromptInputs, config) -> dict:
