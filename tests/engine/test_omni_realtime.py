@@ -147,7 +147,14 @@ def test_errors_say_what_to_do(tmp_path):
             load(OmniSettings(model="tiny", quantization="int4"))
         with pytest.raises(OmniLoadError, match="no CUDA GPU is available"):
             load(OmniSettings(model="tiny", device="cuda"))
-    # The memory check runs before any weight is read (unit check: the real 7B is not here to fill the RAM).
+    # The real path: a checkpoint far larger than this machine's memory (a sparse file: no disk used) is
+    # refused before a byte of it is read.
+    (tmp_path / "config.json").write_text("{}")
+    with open(tmp_path / "model-00001-of-00001.safetensors", "wb") as huge:
+        huge.truncate(4 * 10**12)
+    with pytest.raises(NotEnoughMemory, match=r"not enough RAM for this omni model: it needs about 8001\.5 GB"):
+        load(OmniSettings(model=str(tmp_path), device="cpu"))
+    # Beside it, the arithmetic for other devices and quantizations (the GPU and a real 7B are not here).
     with pytest.raises(NotEnoughMemory, match=r"not enough RAM .* needs about 45\.5 GB .* try --omni-quantization"):
         check_memory(22_000_000_000, "cpu", "none", available=16_000_000_000)
     with pytest.raises(NotEnoughMemory, match="not enough GPU memory"):
