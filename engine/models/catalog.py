@@ -67,15 +67,16 @@ _QWEN_15B_URL = (
 # Qwen2.5-Omni checkpoints (--backend omni), fetched from the Hugging Face hub with `models fetch`.
 # How they are pinned, honestly: no model hub is reachable from the machines this code is built on, so
 # neither the file list nor the SHA-256 of any file could be checked here. The names below are the files
-# the official repositories list (shard counts as published for each size); the checksums are left empty,
-# so `models fetch` downloads (resumable, with progress) without verifying and `models verify` reports
-# them as "unpinned". To pin: fill `sha256`/`size` from the hub's LFS pointer of each file (the LFS oid is
+# the official repositories list that the backend loads (shard counts as published for each size); the
+# checksums are left empty, so `models fetch` downloads (resumable, with progress) without verifying and
+# `models verify` reports them as "unpinned". To pin: fill `sha256`/`size` from the hub's LFS pointer of each file (the LFS oid is
 # the file's SHA-256) and replace "main" in _OMNI_REVISION with the commit id the hashes were taken from.
 _OMNI_REVISION = "main"
+# Only what the backend loads (it builds its own prompts, so no chat template): every extra name is one
+# more chance of a 404 that would stop a fetch, and the listing could not be checked from here.
 _OMNI_COMMON_FILES = (
-    "config.json", "generation_config.json", "preprocessor_config.json", "chat_template.json",
-    "tokenizer_config.json", "tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json",
-    "special_tokens_map.json", "spk_dict.pt", "model.safetensors.index.json",
+    "config.json", "preprocessor_config.json", "tokenizer_config.json", "tokenizer.json", "spk_dict.pt",
+    "model.safetensors.index.json",
 )
 
 
