@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 
 import numpy as np
 import pytest
@@ -169,8 +170,10 @@ def test_a_checkpoint_folder_loads_through_from_pretrained(tmp_path):
     model.save_pretrained(tmp_path)
     torch.save(model.speaker_map, tmp_path / "spk_dict.pt")
     tiny_tokenizer().save_pretrained(tmp_path)
-    WhisperFeatureExtractor(feature_size=20).save_pretrained(tmp_path)
-    Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112).save_pretrained(tmp_path)
+    # One preprocessor_config.json holds both the audio and the image settings, as in the official repositories.
+    merged = {**Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112).to_dict(),
+              **WhisperFeatureExtractor(feature_size=20).to_dict()}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(merged, default=str))
 
     loaded = load(OmniSettings(model=str(tmp_path), device="cpu", threads=1))
     saved, got = model.state_dict(), loaded.model.state_dict()
@@ -178,7 +181,11 @@ def test_a_checkpoint_folder_loads_through_from_pretrained(tmp_path):
     assert set(saved) - set(got) == {"thinker.lm_head.bias", "talker.codec_head.bias"}
     assert all(torch.equal(saved[name], got[name]) for name in got)
     assert set(loaded.model.speaker_map) == {"Chelsie", "Ethan"}
-    inputs = build_prompt(ReplyRequest("", (Turn("user", "hi"),)), loaded.processors)
+    assert loaded.processors.feature_extractor.feature_size == 20
+    assert loaded.processors.image_processor.size["longest_edge"] == 640 * 28 * 28  # the backend's cap
+    audio = (np.sin(np.arange(24_000) * 0.05) * 5000).astype(np.int16)
+    inputs = build_prompt(ReplyRequest("", (Turn("user", "hi", audio=audio, images=(ScreenImage(png()),)),)),
+                          loaded.processors)
     generation = OmniGeneration(loaded.model, inputs, loaded.model.speaker_map["Chelsie"], eos_ids=loaded.eos_ids,
                                 max_text_tokens=4, max_codes=4)
     list(generation.steps())
