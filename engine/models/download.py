@@ -15,9 +15,10 @@ import shutil
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from tqdm import tqdm
 
@@ -58,12 +59,28 @@ class DownloadInterrupted(DownloadError):
     """The connection dropped mid-file; the `.part` file is kept so the next fetch resumes."""
 
 
+class Cancelled(ModelFileError):
+    """The person cancelled; what was written so far is kept, and the next try resumes from it."""
+
+
+class CancelFlag(Protocol):
+    """What a canceller offers (a threading.Event does): read between blocks, so a cancel lands within one."""
+
+    def is_set(self) -> bool: ...
+
+
+# (bytes done, bytes in all; 0 when unknown), called after every block: throttle in the callback if needed.
+ByteProgress = Callable[[int, int], None]
+
+
 def download(url: str, target: Path, sha256: str, size: int = 0, progress: bool = False,
-             timeout: float = TIMEOUT_S) -> Path:
+             timeout: float = TIMEOUT_S, on_progress: ByteProgress | None = None,
+             cancel: CancelFlag | None = None) -> Path:
     """Fetch `url` into `target` through `<target>.part`, resuming a `.part` left by an earlier try.
 
     `size` (0 if unknown) sizes the progress bar and the free-space check. A wrong SHA-256 removes the
-    `.part` and raises ChecksumMismatch; `target` is only ever replaced by a verified file.
+    `.part` and raises ChecksumMismatch; `target` is only ever replaced by a verified file. `on_progress`
+    hears every block; `cancel` set stops the download with Cancelled, keeping the `.part` to resume from.
     """
     part = target.with_name(target.name + ".part")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -73,12 +90,12 @@ def download(url: str, target: Path, sha256: str, size: int = 0, progress: bool 
         offset = 0
     if not (size and offset == size):  # else an earlier try received everything but died before the rename
         try:
-            _receive(url, part, offset, size, progress, timeout)
+            _receive(url, part, offset, size, progress, timeout, on_progress, cancel)
         except HttpStatusError as error:
             if error.status != 416 or not offset:
                 raise
             part.unlink()  # the server cannot resume from this .part: start over once
-            _receive(url, part, 0, size, progress, timeout)
+            _receive(url, part, 0, size, progress, timeout, on_progress, cancel)
     got = sha256_of(part)
     if sha256 and got != sha256:
         part.unlink()
@@ -122,7 +139,10 @@ def disk_full_reported(folder: Path, needed: int, what: str, note: str = ""):
         raise DiskFull(_no_space_message(folder, needed, what) + note, needed) from error
 
 
-def _receive(url: str, part: Path, offset: int, size: int, progress: bool, timeout: float) -> None:
+def _receive(url: str, part: Path, offset: int, size: int, progress: bool, timeout: float,
+             on_progress: ByteProgress | None = None, cancel: CancelFlag | None = None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(f"download of {part.name.removesuffix('.part')} cancelled{_KEPT}")
     with _open(url, offset, timeout) as response:
         if offset and _resumed_at(response) != offset:
             offset = 0  # the server ignored Range and sends the whole file: restart the .part
@@ -135,7 +155,8 @@ def _receive(url: str, part: Path, offset: int, size: int, progress: bool, timeo
                    desc=name, file=sys.stderr, disable=not progress)
         with bar, disk_full_reported(part.parent, remaining, name, _KEPT):
             with open(part, "ab" if offset else "wb") as out:
-                received = offset + _copy(response, out, bar, url)
+                report = _reporter(on_progress, offset, expected)
+                received = offset + _copy(response, out, bar, url, report, cancel, name)
                 out.flush()
                 os.fsync(out.fileno())
     if received < expected:
@@ -173,9 +194,28 @@ def _resumed_at(response: http.client.HTTPResponse) -> int:
         return 0
 
 
-def _copy(response: http.client.HTTPResponse, out: BinaryIO, bar: tqdm, url: str) -> int:
+def _reporter(on_progress: ByteProgress | None, offset: int, expected: int) -> Callable[[int], None]:
+    """Block sizes in, (done, total) out; a resumed download starts at its offset, not at zero."""
+    done = offset
+    if on_progress is not None:
+        on_progress(done, expected)
+
+    def report(block: int) -> None:
+        nonlocal done
+        done += block
+        if on_progress is not None:
+            on_progress(done, expected)
+
+    return report
+
+
+def _copy(response: http.client.HTTPResponse, out: BinaryIO, bar: tqdm, url: str,
+          report: Callable[[int], None], cancel: CancelFlag | None, name: str) -> int:
     copied = 0
     while True:
+        if cancel is not None and cancel.is_set():
+            out.flush()  # what arrived stays in the .part for the next try
+            raise Cancelled(f"download of {name} cancelled after {out.tell()} bytes{_KEPT}")
         try:
             block = response.read(CHUNK_BYTES)
         except (OSError, http.client.HTTPException) as error:
@@ -185,6 +225,7 @@ def _copy(response: http.client.HTTPResponse, out: BinaryIO, bar: tqdm, url: str
         out.write(block)
         copied += len(block)
         bar.update(len(block))
+        report(len(block))
 
 
 def _no_space_message(folder: Path, needed: int, what: str) -> str:

@@ -12,7 +12,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from tqdm import tqdm
 
 from engine.models.catalog import MODELS, ModelFile, ModelSpec
 from engine.models.download import (
+    ByteProgress,
+    CancelFlag,
+    Cancelled,
     ChecksumMismatch,
     ModelFileError,
     disk_full_reported,
@@ -30,7 +34,7 @@ from engine.models.download import (
 )
 
 __all__ = [
-    "ChecksumMismatch", "FileCheck", "ModelFileError", "ModelStore", "ModelUnavailable", "NoDownloadUrl",
+    "Cancelled", "ChecksumMismatch", "PendingWork", "Progress", "FileCheck", "ModelFileError", "ModelStore", "ModelUnavailable", "NoDownloadUrl",
     "ResolvedModel", "Source", "UnknownModel", "VerificationStamps", "default_cache_dir", "sha256_of",
 ]
 
@@ -83,6 +87,30 @@ class FileCheck:
     status: str  # ok | missing | mismatch | unpinned (the catalog has no checksum for it yet)
     source: str = ""  # package | local | cache, when the file was found
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far one file's assembly or download has got, for a progress bar or dialog."""
+
+    model_id: str
+    file: str
+    stage: str  # assembling | downloading
+    done: int  # bytes
+    total: int  # bytes; 0 when unknown
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class PendingWork:
+    """A file that resolving (or fetching) a model would have to write first: the first run's work."""
+
+    model_id: str
+    file: str
+    stage: str  # assembling (from package parts) | downloading
+    bytes: int
 
 
 def default_cache_dir() -> Path:
@@ -171,8 +199,24 @@ class ModelStore:
         spec = self.spec(model_id)
         return {model_file.name: self._locate(spec, model_file) for model_file in spec.files}
 
-    def resolve(self, model_id: str) -> ResolvedModel:
-        """Verified paths of every file of the model; never touches the network."""
+    def pending(self, model_id: str, downloading: bool = False) -> list[PendingWork]:
+        """What resolve() (or fetch(), with `downloading`) would have to write before the model is usable:
+        split package files not yet assembled, and with `downloading`, missing files that have a URL.
+        Cheap: looks at files, hashes nothing, so a start-up can ask before deciding to show progress."""
+        spec = self.spec(model_id)
+        work = []
+        for model_file in spec.files:
+            source = self._locate(spec, model_file)
+            if source is not None and len(source.paths) > 1 and not self._cache_path(spec, model_file).is_file():
+                work.append(PendingWork(spec.id, model_file.name, "assembling", model_file.size))
+            elif source is None and downloading and model_file.url:
+                work.append(PendingWork(spec.id, model_file.name, "downloading", model_file.size))
+        return work
+
+    def resolve(self, model_id: str, on_progress: ProgressCallback | None = None,
+                cancel: CancelFlag | None = None) -> ResolvedModel:
+        """Verified paths of every file of the model; never touches the network. `on_progress` hears the
+        assembly of split files; `cancel` stops it with Cancelled (the part written resumes next time)."""
         spec = self.spec(model_id)
         files: dict[str, Path] = {}
         sources: dict[str, str] = {}
@@ -180,12 +224,14 @@ class ModelStore:
             source = self._locate(spec, model_file)
             if source is None:
                 raise ModelUnavailable(f"model {spec.id!r} is not available; {self._how_to_get(spec)}")
-            files[model_file.name] = self._checked(spec, model_file, source)
+            files[model_file.name] = self._checked(spec, model_file, source, on_progress, cancel)
             sources[model_file.name] = source.kind
         return ResolvedModel(spec, files, sources)
 
-    def fetch(self, model_id: str, progress: bool = True) -> list[Path]:
-        """Download every file of the model that has a URL into the cache; files already good are kept."""
+    def fetch(self, model_id: str, progress: bool = True, on_progress: ProgressCallback | None = None,
+              cancel: CancelFlag | None = None) -> list[Path]:
+        """Download every file of the model that has a URL into the cache; files already good are kept.
+        `progress` draws a terminal bar; `on_progress` and `cancel` as for resolve()."""
         spec = self.spec(model_id)
         downloadable = [model_file for model_file in spec.files if model_file.url]
         if not downloadable:
@@ -196,7 +242,9 @@ class ModelStore:
         for model_file in downloadable:
             target = self._cache_path(spec, model_file)
             if not (target.is_file() and self._problem(model_file, target) is None):
-                download(model_file.url, target, model_file.sha256, model_file.size, progress)
+                download(model_file.url, target, model_file.sha256, model_file.size, progress,
+                         on_progress=_bytes_to(on_progress, spec.id, model_file.name, "downloading"),
+                         cancel=cancel)
                 if model_file.sha256:
                     self.stamps.record_written(target, model_file.sha256)  # download() has just verified it
             paths.append(target)
@@ -206,6 +254,21 @@ class ModelStore:
         """Re-hash every file of one model (or all) that can be found, ignoring stamps."""
         specs = [self.spec(model_id)] if model_id else self.catalog
         return [self._verify_file(spec, model_file) for spec in specs for model_file in spec.files]
+
+    def remedy(self, model_id: str) -> str:
+        """What to do about a missing or damaged file of the model, for where its files come from."""
+        spec = self.spec(model_id)
+        kinds = {source.kind for source in self.locate(model_id).values() if source is not None}
+        if not kinds:
+            return self._how_to_get(spec)
+        return self._remedy(spec, "package" if "package" in kinds else kinds.pop())
+
+    def assembled_copy(self, model_id: str, name: str) -> Path | None:
+        """The cache's assembled copy of a split package file, when there is one (verify checks that copy)."""
+        spec = self.spec(model_id)
+        model_file = next(f for f in spec.files if f.name == name)
+        path = self._cache_path(spec, model_file)
+        return path if len(model_file.parts) > 1 and path.is_file() else None
 
     def _locate(self, spec: ModelSpec, model_file: ModelFile) -> Source | None:
         for kind, paths in (
@@ -245,9 +308,10 @@ class ModelStore:
     def _cache_path(self, spec: ModelSpec, model_file: ModelFile) -> Path:
         return self.cache_dir / spec.id / model_file.name
 
-    def _checked(self, spec: ModelSpec, model_file: ModelFile, source: Source) -> Path:
+    def _checked(self, spec: ModelSpec, model_file: ModelFile, source: Source,
+                 on_progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> Path:
         if len(source.paths) > 1:
-            return self._assembled(spec, model_file, source.paths)
+            return self._assembled(spec, model_file, source.paths, on_progress, cancel)
         path = source.paths[0]
         problem = self._problem(model_file, path)
         if problem:
@@ -264,14 +328,28 @@ class ModelStore:
         got = self.stamps.sha256(path, rehash=rehash)
         return None if got == model_file.sha256 else f"has SHA-256 {got}, expected {model_file.sha256}"
 
-    def _assembled(self, spec: ModelSpec, model_file: ModelFile, parts: tuple[Path, ...]) -> Path:
-        """The parts concatenated once into the cache, rebuilt if that copy went bad."""
+    def _assembled(self, spec: ModelSpec, model_file: ModelFile, parts: tuple[Path, ...],
+                   on_progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> Path:
+        """The parts concatenated once into the cache, rebuilt if that copy went bad.
+
+        Written through `<name>.assembling`, which a cancelled or interrupted run leaves behind and the next
+        one continues; a lock keeps two processes (the app's first run, an engine) from writing it at once."""
         target = self._cache_path(spec, model_file)
-        if target.is_file():
-            problem = self._problem(model_file, target)
-            if problem is None:
-                return target
-            log.warning("%s: assembled %s %s; rebuilding it from the package parts", spec.id, target, problem)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        locks = self.cache_dir / ".locks"  # apart from the model's folder, which holds only model files
+        locks.mkdir(exist_ok=True)
+        with _exclusive(locks / f"{spec.id}--{model_file.name}.lock"):
+            if target.is_file():
+                problem = self._problem(model_file, target)
+                if problem is None:
+                    return target  # another process assembled it while this one waited for the lock
+                log.warning("%s: assembled %s %s; rebuilding it from the package parts", spec.id, target, problem)
+                target.unlink()
+            return self._assemble_locked(spec, model_file, parts, target,
+                                         _bytes_to(on_progress, spec.id, model_file.name, "assembling"), cancel)
+
+    def _assemble_locked(self, spec: ModelSpec, model_file: ModelFile, parts: tuple[Path, ...], target: Path,
+                         on_progress: ByteProgress | None, cancel: CancelFlag | None) -> Path:
         remedy = self._remedy(spec, "package")
         total = sum(part.stat().st_size for part in parts)
         if model_file.sha256 and total != model_file.size:
@@ -279,19 +357,16 @@ class ModelStore:
                 f"{spec.id}: the package parts of {model_file.name} add up to {total} bytes, "
                 f"expected {model_file.size}; {remedy}"
             )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f"{target.name}.{os.getpid()}.assembling")
-        try:
-            with disk_full_reported(target.parent, total, model_file.name):
-                digest = _concatenate(parts, temp, model_file.name)
-            if model_file.sha256 and digest != model_file.sha256:
-                raise ChecksumMismatch(
-                    f"{spec.id}: assembled {model_file.name} has SHA-256 {digest}, "
-                    f"expected {model_file.sha256}; {remedy}"
-                )
-            publish(temp, target)
-        finally:
-            temp.unlink(missing_ok=True)
+        temp = target.with_name(f"{target.name}.assembling")
+        with disk_full_reported(target.parent, total, model_file.name, " (the part written is kept)"):
+            digest = _concatenate(parts, temp, model_file.name, on_progress, cancel)
+        if model_file.sha256 and digest != model_file.sha256:
+            temp.unlink(missing_ok=True)  # only a bad result is thrown away; a cancelled one resumes
+            raise ChecksumMismatch(
+                f"{spec.id}: assembled {model_file.name} has SHA-256 {digest}, "
+                f"expected {model_file.sha256}; {remedy}"
+            )
+        publish(temp, target)
         self.stamps.record_written(target, digest)
         return target
 
@@ -329,20 +404,81 @@ class ModelStore:
         ways.append("a local path pointed at its files")
         return "get it with: " + " or ".join(ways)
 
-def _concatenate(parts: tuple[Path, ...], target: Path, name: str) -> str:
-    """Write the parts one after another into `target`, synced; return the SHA-256 of the result."""
+def _bytes_to(on_progress: ProgressCallback | None, model_id: str, name: str, stage: str) -> ByteProgress | None:
+    if on_progress is None:
+        return None
+    return lambda done, total: on_progress(Progress(model_id, name, stage, done, total))
+
+
+@contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an OS lock on `lock_path` for the block (released by the OS if the process dies)."""
+    with open(lock_path, "a+b") as handle:
+        if os.name == "nt":
+            import msvcrt
+
+            handle.seek(0)
+            while True:
+                try:
+                    msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)  # retries for 10 s, then raises
+                    break
+                except OSError:
+                    continue
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _concatenate(parts: tuple[Path, ...], target: Path, name: str, on_progress: ByteProgress | None = None,
+                 cancel: CancelFlag | None = None) -> str:
+    """Write the parts one after another into `target`, synced; return the SHA-256 of the result.
+
+    A `target` left by an earlier, cancelled run is continued: its bytes are hashed again (reading is
+    cheaper than writing) and the copy resumes where it stopped."""
     digest = hashlib.sha256()
     total = sum(part.stat().st_size for part in parts)
-    with open(target, "wb") as out, tqdm(
-        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"assembling {name}",
+    done = target.stat().st_size if target.is_file() else 0
+    if done > total:
+        target.unlink()
+        done = 0
+    with open(target, "r+b" if done else "w+b") as out, tqdm(
+        total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024, desc=f"assembling {name}",
         disable=None, leave=False,  # a bar on terminals only, gone once done
     ) as bar:
+        while block := out.read(1 << 20):  # what the earlier run wrote (positions the file at its end)
+            digest.update(block)
+        skip = done
+        if on_progress is not None:
+            on_progress(done, total)
         for part in parts:
+            part_size = part.stat().st_size
+            if skip >= part_size:
+                skip -= part_size
+                continue
             with open(part, "rb") as handle:
+                handle.seek(skip)
+                skip = 0
                 while block := handle.read(1 << 20):
+                    if cancel is not None and cancel.is_set():
+                        out.flush()
+                        raise Cancelled(f"assembling {name} cancelled at {done} of {total} bytes; "
+                                        "the part written is kept and the next start continues it")
                     digest.update(block)
                     out.write(block)
+                    done += len(block)
                     bar.update(len(block))
+                    if on_progress is not None:
+                        on_progress(done, total)
         out.flush()
         os.fsync(out.fileno())
     return digest.hexdigest()
