@@ -20,7 +20,7 @@ from app.audio.devices import DeviceWatcher
 from app.audio.echo_canceller import EchoCanceller
 from app.audio.echo_reference import PlayedAudio
 from app.audio.playback import Speaker
-from app.audio.voice_activity import DEFAULT_MIN_SPEECH_MS, VoiceActivity
+from app.audio.voice_activity import VoiceActivity
 from app.controller import Controller, TalkSettings
 from app.engine_link import client as link_states
 from app.engine_link.client import RealtimeLink
@@ -39,9 +39,6 @@ from app.ui.window import MainWindow
 log = logging.getLogger(__name__)
 
 DEVICE_RETRY_MS = 2000
-# Half-duplex (echo cancellation losing the echo): a barge-in needs this much sustained speech, which
-# residual echo does not have, so the person speaks up for a moment to interrupt.
-HALF_DUPLEX_MIN_SPEECH_MS = 320
 ECHO_MODES = {
     "cancelled": ("echo cancelled", "The assistant's own voice is removed from the microphone, so open "
                                     "speakers work and you can talk over it."),
@@ -146,7 +143,6 @@ class ConfideApp(QObject):
         # names): a lost microphone or speaker is also retried every few seconds.
         self._device_retry = QTimer(self, interval=DEVICE_RETRY_MS, timeout=self._reopen_lost_devices)
         self._device_problem = {"microphone": "", "speaker": ""}
-        self._half_duplex = False  # echo cancellation lost the echo (see _on_echo_failing)
         self._saved_history = _SavedHistory(history, self.bridge.message.emit)
         conversation = settings.conversation
         self.controller = Controller(
@@ -294,10 +290,9 @@ class ConfideApp(QObject):
     # --- echo ----------------------------------------------------------------------------------------------
 
     def _on_echo_failing(self) -> None:
-        if self._half_duplex:
+        if self.barge_in_detector.half_duplex:
             return
-        self._half_duplex = True
-        self.voice_activity.min_speech_ms = HALF_DUPLEX_MIN_SPEECH_MS
+        self.barge_in_detector.half_duplex = True
         self.echo_canceller.reset()
         log.warning("echo cancellation is not removing the echo: half-duplex from now on")
         self._show_message("The speakers' echo is getting through, so Confide now listens less eagerly while it "
@@ -308,15 +303,14 @@ class ConfideApp(QObject):
     def _new_echo_path(self) -> None:
         """Another microphone or speaker: learn the echo afresh, and trust the canceller again."""
         self.echo_canceller.reset()
-        self._half_duplex = False
-        self.voice_activity.min_speech_ms = DEFAULT_MIN_SPEECH_MS
+        self.barge_in_detector.half_duplex = False
         self._show_echo_mode()
 
     def _show_echo_mode(self) -> None:
         if not self.echo_canceller.enabled:
             mode = "off"
         else:
-            mode = "half-duplex" if self._half_duplex else "cancelled"
+            mode = "half-duplex" if self.barge_in_detector.half_duplex else "cancelled"
         label, explanation = ECHO_MODES[mode]
         self.window.set_echo_mode(label, explanation)
         self.tray.set_echo_mode(label, explanation)

@@ -1,29 +1,33 @@
 """The local barge-in detector: is the person talking over the reply?
 
-Silero (VoiceActivity) on the microphone signal. Where no echo reaches the microphone (headphones:
-EchoCanceller.echo_heard is False, and the signal is the raw one), it listens at the person's own
-sensitivity and fires on 64 ms of speech, or at once on one 32 ms frame it is sure of (SURE_MARGIN
-above the threshold: 0.8 at the default); measured on the test voices that cut the onset delay
-from 80/120 ms (p50/p95) to 60/80 ms, while 30 ms vocal fragments and noises still never fire (at 0.85:
-60/90 ms; 40 ms fragments fire a little more often at 0.8, 14 of 36 against 11). Where the reply's echo does reach it (open speakers), the
-signal is echo-cancelled, and what the canceller leaves of the echo must never pass for the person,
-so it listens more strictly: the threshold is raised by ECHO_MARGIN.
+Silero (VoiceActivity) on the microphone signal, judged three ways:
+- No echo reaches the microphone (headphones: EchoCanceller.echo_heard is False, and the signal is
+  the raw one): the person's own sensitivity, 64 ms of speech, or at once on one 32 ms frame it is
+  sure of (SURE_MARGIN above the threshold: 0.8 at the default). On the test voices the sure frame
+  cut the onset delay from 80/120 ms (p50/p95) to 60/80 ms; 30 ms vocal fragments and noises still
+  never fire (at 0.85 it was 60/90 ms; 40 ms fragments fire a little more often at 0.8, 14 of 36
+  against 11).
+- The echo reaches it (open speakers) and is cancelled: what the canceller leaves must never pass for
+  the person, so the threshold is raised by ECHO_MARGIN. On the harness's saturating echo path (40
+  replies) 3 replies were taken for the person at the plain threshold, 1 at +0.2.
+- Half-duplex (the app found the canceller failing: the echo gets through): it also takes
+  HALF_DUPLEX_MIN_SPEECH_MS of speech, longer than any burst of echo, so the person speaks up for a
+  moment to interrupt.
 
-Measured on the harness's echo paths (`confide bench --aec`, 40 replies on the saturating one): at
-the plain threshold 3 replies of 40 were taken for the person, at +0.2 one; a person as loud as the
-echo was still heard in ~125 ms (median). Vetoing onsets that correlate with what was played was
-tried and dropped: resetting the detector on each veto delayed real interruptions by 0.2-1 s.
+Vetoing onsets that correlate with what was played was tried and dropped: resetting the detector on
+each veto delayed real interruptions by 0.2-1 s.
 """
 
 from __future__ import annotations
 
 from app.audio.echo_canceller import EchoCanceller
-from app.audio.voice_activity import VoiceActivity
+from app.audio.voice_activity import DEFAULT_MIN_SPEECH_MS, VoiceActivity
 
 ECHO_MARGIN = 0.2  # added to the threshold while the echo is heard (capped at MAX_THRESHOLD)
 MAX_THRESHOLD = 0.9
 SURE_MARGIN = 0.3  # where no echo is heard, one frame this far above the threshold is speech
 MAX_SURE = 0.95  # above it the sure path is off (Silero rarely reaches it on a first frame)
+HALF_DUPLEX_MIN_SPEECH_MS = 320
 
 
 class BargeInDetector:
@@ -33,6 +37,7 @@ class BargeInDetector:
         self._vad = voice_activity
         self._canceller = canceller
         self.threshold = threshold  # the person's sensitivity, as a Silero threshold
+        self.half_duplex = False  # set by the app when the canceller fails for good
 
     @property
     def strict_threshold(self) -> float:
@@ -44,11 +49,14 @@ class BargeInDetector:
         return sure if sure <= MAX_SURE else None
 
     def feed(self, chunk) -> bool:
+        vad = self._vad
         if self._canceller.echo_heard():  # what the canceller leaves must never pass for the person
-            self._vad.threshold, self._vad.sure_threshold = self.strict_threshold, None
+            vad.threshold, vad.sure_threshold = self.strict_threshold, None
+            vad.min_speech_ms = HALF_DUPLEX_MIN_SPEECH_MS if self.half_duplex else DEFAULT_MIN_SPEECH_MS
         else:
-            self._vad.threshold, self._vad.sure_threshold = self.threshold, self.sure_threshold
-        return self._vad.feed(chunk)
+            vad.threshold, vad.sure_threshold = self.threshold, self.sure_threshold
+            vad.min_speech_ms = DEFAULT_MIN_SPEECH_MS
+        return vad.feed(chunk)
 
     def reset(self) -> None:
         self._vad.reset()

@@ -56,12 +56,11 @@ class Reply:
 class EchoRig:
     """The app's microphone and speaker path, echo cancellation and barge-in detector included."""
 
-    def __init__(self, echo_cancellation: bool = True, threshold: float | None = None,
-                 min_speech_ms: float | None = None):
+    def __init__(self, echo_cancellation: bool = True, threshold: float | None = None):
         self.played = PlayedAudio()
         self._replies: dict[str, Reply] = {}
         self.speaker = Speaker(on_played=self.played.played, on_drained=self._on_drained)
-        self.vad = VoiceActivity(**({} if min_speech_ms is None else {"min_speech_ms": min_speech_ms}))
+        self.vad = VoiceActivity()
         self.router = MicRouter(send_audio=lambda _chunk: None, speech_onset=lambda chunk: self.detector.feed(chunk),
                                 reset_speech_onset=lambda: self.detector.reset(), silence_speaker=self.speaker.cancel,
                                 on_barge_in=self._on_barge_in)

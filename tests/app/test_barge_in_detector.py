@@ -1,13 +1,15 @@
 """BargeInDetector's policy with stand-ins for Silero and the canceller (both on real audio:
 test_barge_in_audio.py and test_echo_cancellation.py)."""
 
-from app.audio.barge_in_detector import BargeInDetector
+from app.audio.barge_in_detector import HALF_DUPLEX_MIN_SPEECH_MS, BargeInDetector
+from app.audio.voice_activity import DEFAULT_MIN_SPEECH_MS
 
 
 class Vad:
     def __init__(self):
         self.threshold, self.onset, self.resets = 0.0, False, 0
         self.sure_threshold = None
+        self.min_speech_ms = DEFAULT_MIN_SPEECH_MS
 
     def feed(self, _chunk) -> bool:
         return self.onset
@@ -48,3 +50,16 @@ def test_with_echo_heard_it_is_stricter_capped_and_follows_the_echo_verdict():
     assert vad.threshold == 0.8
     detector.reset()
     assert vad.resets == 1
+
+
+def test_half_duplex_takes_sustained_speech_while_the_echo_is_heard():
+    vad, canceller = Vad(), Canceller(heard=True)
+    detector = BargeInDetector(vad, canceller, threshold=0.5)
+    detector.feed(None)
+    assert vad.min_speech_ms == DEFAULT_MIN_SPEECH_MS
+    detector.half_duplex = True  # the app gave up on the canceller
+    detector.feed(None)
+    assert vad.min_speech_ms == HALF_DUPLEX_MIN_SPEECH_MS and vad.threshold == 0.7
+    canceller.heard = False  # headphones: no echo to guard against
+    detector.feed(None)
+    assert vad.min_speech_ms == DEFAULT_MIN_SPEECH_MS and vad.sure_threshold == 0.8
