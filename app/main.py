@@ -4,7 +4,12 @@
     confide --toggle        show or hide the window      (bind these in the desktop's shortcut
     confide --ask-screen    ask about the screen          settings where global hotkeys are not
     confide --stop          stop speaking                 available: Wayland, macOS)
+    confide doctor          check devices, hotkeys, screen capture, models and the engine; say how to fix
+    confide setup           get the models ready in the terminal (what the first start does, with a bar)
     confide bench [--json]  measure the real app on a virtual desktop (developer tool, source checkout)
+
+On its first start Confide assembles (or downloads) the models it is missing before the engine starts,
+in a progress window that can be cancelled; the next start continues where it stopped.
 """
 
 from __future__ import annotations
@@ -37,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         from app.bench.command import main as bench
 
         return bench(argv[1:])
+    if argv[:1] == ["doctor"]:
+        from app.doctor.command import main as doctor
+
+        return doctor(argv[1:])
+    if argv[:1] == ["setup"]:
+        return _setup_in_terminal(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -73,8 +84,69 @@ def main(argv: list[str] | None = None) -> int:
     confide = ConfideApp(settings, history)
     instance.command_received.connect(confide.handle_command)
     qt_app.aboutToQuit.connect(confide.shutdown)
-    confide.start(warnings)
+    if settings.engine.url:  # a remote engine has its own models
+        confide.start(warnings)
+    else:
+        _prepare_models_then(lambda: confide.start(warnings), settings.engine.llm, qt_app)
     return qt_app.exec()
+
+
+def _prepare_models_then(start, llm: str, qt_app, quit=None) -> None:
+    """First-run work (assembling or downloading models) in a progress window, then `start`. Cancelled, the
+    app quits (exit code 3) and the next start resumes; failed, it starts anyway and the engine's own
+    message says what is wrong."""
+    from app.first_run import EXIT_CANCELLED, ModelPreparation
+    from app.ui.model_progress import ModelProgressDialog
+
+    quit = quit or qt_app.exit
+    preparation = ModelPreparation(llm, parent=qt_app)
+    dialog = ModelProgressDialog()
+    qt_app.setProperty("model_preparation", preparation)  # reachable by tests and the bench
+    qt_app.setProperty("model_progress_dialog", dialog)
+
+    def found(total_bytes: int) -> None:
+        if total_bytes:
+            dialog.show()
+
+    def ready() -> None:
+        dialog.close_quietly()
+        start()
+
+    def cancelled(message: str) -> None:
+        dialog.close_quietly()
+        print(f"Confide: model setup cancelled ({message}). Start Confide again to continue.", file=sys.stderr)
+        quit(EXIT_CANCELLED)
+
+    def failed(message: str) -> None:
+        dialog.close_quietly()
+        logging.getLogger(__name__).warning("model setup failed: %s", message)
+        start()
+
+    preparation.work_found.connect(found)
+    preparation.progress.connect(dialog.set_progress)
+    preparation.ready.connect(ready)
+    preparation.cancelled.connect(cancelled)
+    preparation.failed.connect(failed)
+    dialog.cancel_requested.connect(preparation.cancel)
+    preparation.start()
+
+
+def _setup_in_terminal(argv: list[str]) -> int:
+    """`confide setup [--llm ID]`: the first run's model work with a terminal progress bar (Ctrl+C cancels,
+    and the next run resumes)."""
+    import subprocess
+
+    from app.first_run import preparation_command
+
+    parser = argparse.ArgumentParser(prog="confide setup", description=_setup_in_terminal.__doc__)
+    parser.add_argument("--llm", default="", help="the language model to get ready (default: the default one)")
+    args = parser.parse_args(argv)
+    process = subprocess.Popen([part for part in preparation_command(args.llm) if part != "--json"])
+    while True:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            continue  # the child got the same Ctrl+C: let it keep its place and say so
 
 
 if __name__ == "__main__":
