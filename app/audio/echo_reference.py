@@ -27,6 +27,11 @@ from app.audio.capture import PROTOCOL_RATE, protocol_rate_resampler
 
 CONTINUITY_S = 0.003  # around a segment's ends, for playing_at
 RESYNC_S = 0.05  # a reported time this far from the sample clock's means a new stream (or a stall)
+# A device that ran dry (an underrun) played silence of its own: the frames after it leave later than
+# the sample clock says, by the length of the gap. Those blocks come flagged and are placed by their
+# reported time; followed by the sample clock, the reference would sit off by the gap for the rest of
+# the reply, and the echo leaked until the canceller found the new delay (on a loaded machine this
+# made most false barge-ins).
 ANCHOR_NUDGE = 0.005  # per block: jitter averaged over ~200 blocks (1 s of audio), drift followed
 KEEP_S = 2.0  # the canceller never looks further back than its delay estimator reaches (~1 s)
 
@@ -68,9 +73,10 @@ class PlayedAudio:
         self._anchor: float | None = None  # when frame 0 of the current stream left the device
         self._anchor_rate = 0
 
-    def played(self, block: np.ndarray, dac_time: float, rate: int, frame_index: int) -> None:
+    def played(self, block: np.ndarray, dac_time: float, rate: int, frame_index: int,
+               ran_dry: bool = False) -> None:
         """From the audio callback: a copy of the mono block handed to the device. Only a put."""
-        self._blocks.put((block, dac_time, rate, frame_index))
+        self._blocks.put((block, dac_time, rate, frame_index, ran_dry))
 
     def window(self, start: float, length: int) -> np.ndarray:
         """The 24 kHz audio that left the speaker from `start` on, `length` samples; zeros where
@@ -94,12 +100,14 @@ class PlayedAudio:
     def _take_new_blocks(self) -> None:
         while True:
             try:
-                block, dac_time, rate, frame_index = self._blocks.get_nowait()
+                block, dac_time, rate, frame_index, ran_dry = self._blocks.get_nowait()
             except queue.Empty:
                 return
+            if ran_dry:
+                self._anchor = None  # placed by this block's reported time, and the clock runs on from it
             moment = self._on_sample_clock(dac_time, rate, frame_index)
             last = self._segments[-1] if self._segments else None
-            if last is None or last.rate != rate or last.next_frame != frame_index:
+            if ran_dry or last is None or last.rate != rate or last.next_frame != frame_index:
                 last = _Segment(moment, rate, frame_index)
                 self._segments.append(last)
             last.add(block)

@@ -116,7 +116,7 @@ class Speaker:
         on_error: Callable[[str], None] | None = None,
         on_started: Callable[[str], None] | None = None,
         on_drained: Callable[[str], None] | None = None,
-        on_played: Callable[[np.ndarray, float, int, int], None] | None = None,
+        on_played: Callable[[np.ndarray, float, int, int, bool], None] | None = None,
         prebuffer_ms: int = DEFAULT_PREBUFFER_MS,
         block_ms: int = 5,
         stall_timeout_s: float = 1.0,
@@ -124,15 +124,18 @@ class Speaker:
         """`on_started(response_id)`: the response's first sample is leaving the device now.
         `on_drained(response_id)`: its last sample has left, after finish(). Both are called on the
         speaker's own thread; `on_error(message)` too, with one line for the person.
-        `on_played(block, dac_time, rate, frame_index)`: a copy of every block with reply audio in it
-        (mono, the device's rate), when its first frame leaves the device, and that frame's number in
-        the stream (0 at the stream's start): the echo canceller's reference.
+        `on_played(block, dac_time, rate, frame_index, resync)`: a copy of every block with reply audio
+        in it (mono, the device's rate), when its first frame leaves the device, that frame's number in
+        the stream (0 at the stream's start), and whether the device ran dry since the last such block
+        (it played silence of its own, so frames no longer leave when the stream's sample clock says):
+        the echo canceller's reference.
         Called inside the audio callback, so it must only hand the block over."""
         self._device_spec = device
         self._on_error = on_error
         self._on_started = on_started
         self._on_drained = on_drained
         self._on_played = on_played
+        self._ran_dry = False
         self.prebuffer_ms = prebuffer_ms
         self._block_ms = block_ms
         self._health = StreamHealth(stall_timeout_s)
@@ -407,8 +410,9 @@ class Speaker:
         # PortAudio's thread: copy out of the queue, note when this block will be heard, nothing else.
         now = time.monotonic()
         self._health.last_callback = now
-        if status:
-            self.xruns += status.output_underflow
+        if status and status.output_underflow:
+            self.xruns += 1
+            self._ran_dry = True  # told with the next block of reply audio
         delay = time_info.outputBufferDacTime - time_info.currentTime
         if not 0.0 <= delay < 1.0 or time_info.currentTime == 0.0:
             delay = self._latency  # the host gives no timing: trust the stream's nominal latency
@@ -426,7 +430,8 @@ class Speaker:
         if done < frames:
             out[done:] = 0.0
         if done and self._on_played is not None:
-            self._on_played(out.copy(), dac, self._rate, self._frames_out)
+            self._on_played(out.copy(), dac, self._rate, self._frames_out, self._ran_dry)
+            self._ran_dry = False
         self._frames_out += frames
         if outdata.shape[1] > 1:
             outdata[:, 1:] = outdata[:, :1]

@@ -45,6 +45,22 @@ def test_played_audio_is_found_at_its_time_at_the_protocol_rate():
     assert not played.window(50.0, 480).any()  # nothing played then: zeros
 
 
+def test_after_the_device_ran_dry_the_reference_follows_the_reported_time():
+    """An underrun delays every later frame by the gap; the reference moves with it, at once."""
+    speech = echo_trials_to_48k(_speech())
+    played, block, gap = PlayedAudio(), 240, 0.02
+    half = (len(speech) // 2) // block * block
+    for i in range(0, len(speech) - block + 1, block):
+        late = gap if i >= half else 0.0  # from the middle on, 20 ms of the device's own silence first
+        played.played(speech[i:i + block].copy(), 100.0 + i / RATE + late, RATE, 960 + i, ran_dry=i == half)
+    at = 100.0 + half / RATE + gap + 0.5  # half a second after the gap, by the reported times
+    window = played.window(at, PROTOCOL_RATE // 2)
+    expected = _speech()[round((half / RATE + 0.5) * PROTOCOL_RATE):][:PROTOCOL_RATE // 2]
+    assert abs(_lag(window, expected)) <= 2
+    before = played.window(100.2, PROTOCOL_RATE // 4)  # the first half stays where it was
+    assert abs(_lag(before, _speech()[round(0.2 * PROTOCOL_RATE):][:PROTOCOL_RATE // 4])) <= 2
+
+
 def echo_trials_to_48k(audio: np.ndarray) -> np.ndarray:
     import soxr
 
