@@ -2,8 +2,9 @@
 
 - loopback: PulseAudio's module-loopback from the speaker's monitor into the microphone, 60 ms late,
   6 dB down (a laptop hearing its own speakers);
-- coloured: the same through a small, overdriven loudspeaker model (250-5000 Hz band-pass, tanh
-  saturation), at the speaker's full level: the nonlinear echo a linear filter cannot model fully.
+- coloured: the same through a small, overdriven loudspeaker model (soft saturation like tanh at drive
+  4, then a 250-5000 Hz Butterworth band-pass; LADSPA filters inside PulseAudio), at the speaker's full
+  level: the nonlinear echo a linear filter cannot model fully.
 
 On each: replies played to the end with nobody talking (every barge-in is a false one; ERLE), then a
 person talking over replies as loud as the echo and 6 dB quieter (detection within 300 ms, and its
@@ -59,7 +60,7 @@ def measure(replies: int, doubletalk_trials: int, work_dir) -> dict:
     results["paths"] = paths
     results["conditions"] = {
         "loopback": "module-loopback speaker monitor → microphone, 60 ms, -6 dB",
-        "coloured": "band-pass 250-5000 Hz, tanh drive 4, 0 dB, ~60 ms",
+        "coloured": "soft saturation (tanh-like, drive 4), Butterworth 250-5000 Hz, 0 dB, 60 ms (LADSPA)",
         "replies": "natural speech: Piper (joe) and flite (slt, awb, rms)",
         "users": "flite and Piper, scaled to the echo's RMS at the microphone (equal) and 6 dB under it",
         "detect_within_ms": echo_trials.DETECT_WITHIN_S * 1000,
