@@ -99,6 +99,13 @@ def test_the_deb_installs_answers_a_spoken_question_and_uninstalls_cleanly(built
 
         env = app_environment(x_display, pulse_audio, tmp_path / "home")
         write_settings(env, "[conversation]\nhands_free = true\n")
+        # The engine on its own and the doctor work from the installed bundle too (no Python of the system's).
+        listing = subprocess.run(["/usr/bin/confide-engine", "models", "list"], env=env, capture_output=True,
+                                 text=True, timeout=120)
+        assert listing.returncode == 0 and "qwen2.5-coder-0.5b-instruct" in listing.stdout, listing.stderr
+        doctor = subprocess.run(["/usr/bin/confide", "doctor", "--check", "models", "--check", "screen", "--json"],
+                                env=env, capture_output=True, text=True, timeout=300)
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr[-3000:]
         app = launch("/usr/bin/confide", env, tmp_path / "confide.log")  # not a venv's confide on PATH
         try:
             tray_s = app.wait_for_tray_icon(x_display, timeout=300)  # after the first run's model assembly
