@@ -5,10 +5,17 @@ with sys.executable. In the bundle sys.executable is this program, so it answers
 everything else is the `confide` command.
 """
 
+import os
 import sys
 
 
 def main() -> int:
+    # A windowed build (Windows, the macOS .app) started from the desktop has no console: Python then sets
+    # sys.stdout and sys.stderr to None, and the first log line or print would raise. Children started by
+    # the app get pipes instead, so this only catches the desktop case.
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
     argv = sys.argv[1:]
     if argv[:1] == ["-m"] and len(argv) >= 2:
         module, rest = argv[1], argv[2:]
