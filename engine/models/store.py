@@ -34,8 +34,9 @@ from engine.models.download import (
 )
 
 __all__ = [
-    "Cancelled", "ChecksumMismatch", "PendingWork", "Progress", "FileCheck", "ModelFileError", "ModelStore", "ModelUnavailable", "NoDownloadUrl",
-    "ResolvedModel", "Source", "UnknownModel", "VerificationStamps", "default_cache_dir", "sha256_of",
+    "Cancelled", "ChecksumMismatch", "FileCheck", "ModelFileError", "ModelStore", "ModelUnavailable", "NoDownloadUrl",
+    "PendingWork", "Progress", "ResolvedModel", "Source", "UnknownModel", "VerificationStamps", "default_cache_dir",
+    "sha256_of",
 ]
 
 log = logging.getLogger(__name__)
