@@ -43,26 +43,29 @@ def _muted_fix() -> str:
     )
 
 
-def check_microphone(device: str | None = None) -> Check:
-    from app.audio.devices import (
-        AudioDeviceError,
-        describe_error,
-        find_device,
-        portaudio,
-        preferred_rate,
-        stream_channels,
-    )
+def _open_settings(kind: str, noun: str, device: str | None):
+    """The device as the app would open it (mono where offered, else stereo, at its preferred rate), or
+    the failed Check that says why there is none."""
+    from app.audio.devices import AudioDeviceError, describe_error, find_device, preferred_rate, stream_channels
 
     try:
-        found = find_device("input", device)
+        found = find_device(kind, device)
     except AudioDeviceError as error:
-        return fail("microphone", str(error), _no_device_fix("microphone"))
+        return fail(noun, str(error), _no_device_fix(noun))
     except Exception as error:  # PortAudio itself could not start
-        return fail("microphone", f"the audio system could not be read ({describe_error(error)})",
-                    _no_device_fix("microphone"))
+        return fail(noun, f"the audio system could not be read ({describe_error(error)})", _no_device_fix(noun))
+    channels = stream_channels(found, kind)
+    return found, channels, preferred_rate(found, kind, channels)
+
+
+def check_microphone(device: str | None = None) -> Check:
+    from app.audio.devices import describe_error, portaudio
+
+    opened = _open_settings("input", "microphone", device)
+    if isinstance(opened, Check):
+        return opened
+    found, channels, rate = opened
     sd = portaudio()
-    channels = stream_channels(found, "input")  # as the app opens it: mono where offered, else stereo
-    rate = preferred_rate(found, "input", channels)
     blocks: list[np.ndarray] = []
     lock = threading.Lock()
 
@@ -91,25 +94,13 @@ def check_microphone(device: str | None = None) -> Check:
 
 
 def check_speaker(device: str | None = None) -> Check:
-    from app.audio.devices import (
-        AudioDeviceError,
-        describe_error,
-        find_device,
-        portaudio,
-        preferred_rate,
-        stream_channels,
-    )
+    from app.audio.devices import describe_error, portaudio
 
-    try:
-        found = find_device("output", device)
-    except AudioDeviceError as error:
-        return fail("speaker", str(error), _no_device_fix("speaker"))
-    except Exception as error:
-        return fail("speaker", f"the audio system could not be read ({describe_error(error)})",
-                    _no_device_fix("speaker"))
+    opened = _open_settings("output", "speaker", device)
+    if isinstance(opened, Check):
+        return opened
+    found, channels, rate = opened
     sd = portaudio()
-    channels = stream_channels(found, "output")
-    rate = preferred_rate(found, "output", channels)
     consumed = 0
 
     def callback(outdata, frames, _time, _status) -> None:

@@ -11,6 +11,7 @@ as the embedded cascade (VAD → ASR → LLM → TTS):
 
 from __future__ import annotations
 
+import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
@@ -86,6 +87,18 @@ class ReplyStats:
 
 
 ReplyOutput = TextDelta | SpeechChunk
+
+
+async def drain_outbox(outbox: asyncio.Queue, end: object) -> AsyncIterator[ReplyOutput]:
+    """What a reply's worker threads put in `outbox`, in order, until `end`; an exception they put
+    there is raised here, on the consumer's side."""
+    while True:
+        output = await outbox.get()
+        if output is end:
+            return
+        if isinstance(output, BaseException):
+            raise output
+        yield output
 
 
 class Listener(ABC):

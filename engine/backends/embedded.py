@@ -31,6 +31,7 @@ from engine.backends.base import (
     TextDelta,
     Turn,
     WordTiming,
+    drain_outbox,
 )
 from engine.llm.chat_model import ChatModel
 from engine.llm.prompt import build_messages
@@ -176,14 +177,8 @@ class _ReplyThreads:
         self.stopped.set()
         self.phrases.put(None)
 
-    async def outputs(self) -> AsyncIterator[ReplyOutput]:
-        while True:
-            output = await self.outbox.get()
-            if output is self._END:
-                return
-            if isinstance(output, BaseException):
-                raise output
-            yield output
+    def outputs(self) -> AsyncIterator[ReplyOutput]:
+        return drain_outbox(self.outbox, self._END)
 
     def _deliver(self, output) -> None:
         try:

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 
 import numpy as np
 import websockets
 
 from engine.audio.pcm import float_to_pcm16
+from engine.realtime.server import RealtimeServer
+
+
+@contextlib.asynccontextmanager
+async def serving(engine, token: str) -> AsyncIterator[str]:
+    """A real Realtime server for `engine` on a free loopback port; yields its URL."""
+    server = RealtimeServer(engine.backend, engine.detector_factory, token)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        yield f"ws://127.0.0.1:{port}/v1/realtime"
+    finally:
+        await server.stop()
 
 
 class RealtimeTestClient:

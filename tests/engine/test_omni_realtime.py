@@ -22,8 +22,7 @@ from engine.audio.pcm import PROTOCOL_RATE
 from engine.backends.omni.loading import check_memory, load
 from engine.backends.omni.settings import NotEnoughMemory, OmniLoadError, OmniSettings
 from engine.backends.omni.token2wav import ChunkSettings, Token2Wav
-from engine.realtime.server import RealtimeServer
-from tests.engine.realtime_client import RealtimeTestClient, audio_of, transcript_of
+from tests.engine.realtime_client import RealtimeTestClient, audio_of, serving, transcript_of
 
 torch.set_num_threads(1)
 TOKEN = "omni-token"
@@ -39,10 +38,8 @@ def engine():
 
 @pytest.fixture(scope="module")
 async def server_url(engine):
-    server = RealtimeServer(engine.backend, engine.detector_factory, TOKEN)
-    port = await server.start("127.0.0.1", 0)
-    yield f"ws://127.0.0.1:{port}/v1/realtime"
-    await server.stop()
+    async with serving(engine, TOKEN) as url:
+        yield url
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ import pytest
 
 from engine.assembly import build_engine
 from engine.audio.pcm import PROTOCOL_RATE, resample
-from engine.realtime.server import RealtimeServer
-from tests.engine.realtime_client import RealtimeTestClient, audio_of, transcript_of
+from tests.engine.realtime_client import RealtimeTestClient, audio_of, serving, transcript_of
 from tests.speakers import say
 
 TOKEN = "end-to-end-token"
@@ -35,10 +34,8 @@ def engine():
 
 @pytest.fixture(scope="module")
 async def server_url(engine):
-    server = RealtimeServer(engine.backend, engine.detector_factory, TOKEN)
-    port = await server.start("127.0.0.1", 0)
-    yield f"ws://127.0.0.1:{port}/v1/realtime"
-    await server.stop()
+    async with serving(engine, TOKEN) as url:
+        yield url
 
 
 @pytest.fixture

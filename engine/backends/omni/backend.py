@@ -31,6 +31,7 @@ from engine.backends.base import (
     ScreenImage,
     SpeechChunk,
     TextDelta,
+    drain_outbox,
 )
 from engine.backends.omni.conversation_cache import ConversationCache
 from engine.backends.omni.generation import CodecToken, OmniGeneration, Sampling, TextToken, prefill
@@ -211,14 +212,8 @@ class _ReplyRun:
         self.stopped.set()
         self.codes.put(None)
 
-    async def outputs(self) -> AsyncIterator[ReplyOutput]:
-        while True:
-            output = await self.outbox.get()
-            if output is self._END:
-                return
-            if isinstance(output, BaseException):
-                raise output
-            yield output
+    def outputs(self) -> AsyncIterator[ReplyOutput]:
+        return drain_outbox(self.outbox, self._END)
 
     def _deliver(self, output) -> None:
         if self.loop is None:
