@@ -5,6 +5,7 @@ recorded from the virtual speaker and transcribed.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -191,9 +192,12 @@ def test_a_new_conversation_is_forgotten_by_the_engine_and_on_disk(confide, qtbo
 
 
 def _saved_turns() -> list:
-    saved = ConversationHistory()
-    saved.load()
-    return saved.turns
+    """The turns in the history file, read without ConversationHistory.load: that clears away temporary
+    files, which would race the app's own atomic write of the file while this polls it."""
+    try:
+        return json.loads(ConversationHistory().path.read_bytes())["turns"]
+    except (FileNotFoundError, ValueError):  # not written yet, or caught mid-replace on some systems
+        return [None]
 
 
 def test_starting_with_no_microphone_says_so_and_typing_still_works(x_display, pulse_audio, qtbot, tmp_path,
