@@ -2,6 +2,12 @@
 
 Each conversation pins one KV-cache slot, and every request sets `cache_prompt`, so a new turn only
 prefills the tokens that differ from the slot's previous prompt (llama.cpp keeps the common prefix).
+
+A long conversation outgrows the context: the prompt then keeps only the newest turns (engine/llm/prompt.py),
+so the oldest turn leaves the *start* of the history and the common prefix shrinks to the system prompt.
+Without more, every later turn would prefill the whole history again (~3,700 tokens: ~1 minute on one
+core). llama.cpp's cache reuse finds the rest of the old prompt further along the cache and shifts it into
+place (KV shifting), so a sliding window costs only its new tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+
+# Shortest run of cached tokens moved into place instead of prefilled again: a turn or two of speech is
+# longer, and shorter runs are not worth a shift.
+CACHE_REUSE_MIN_TOKENS = 32
 
 
 class GenerationError(RuntimeError):
@@ -87,6 +98,7 @@ class ChatModel:
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = batch_threads or threads
         params.warmup = True
+        params.n_cache_reuse = CACHE_REUSE_MIN_TOKENS  # a sliding history is shifted, not prefilled again
         params.verbosity = 1  # warnings and errors only; llama.cpp's info lines would flood the log
         socket_folder = _close_http_side(params)
         started = time.monotonic()

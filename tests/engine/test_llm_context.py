@@ -1,0 +1,55 @@
+"""A conversation longer than the model's context: the prompt keeps the newest turns, the stored
+conversation keeps them all, and a history that slides costs only its new tokens (the cache is shifted,
+not prefilled again). Without the shift every turn past the budget re-read the whole history: ~1 minute
+on one core for the default model's 4,096 tokens, and latency drifted without bound over a long day."""
+
+from __future__ import annotations
+
+from engine.backends.base import ReplyRequest, Turn
+from engine.llm.chat_model import ChatModel
+from engine.llm.prompt import build_messages
+from engine.models.store import ModelStore
+from engine.runtime import inference_threads
+
+CONTEXT = 1024
+REPLY = 64
+
+
+def _turns(count: int) -> tuple[Turn, ...]:
+    turns = []
+    for index in range(count):
+        turns.append(Turn("user", f"Question {index}: what could I cook tonight with rice, leeks and {index} eggs?"))
+        turns.append(Turn("assistant", f"Answer {index}: a leek risotto with a fried egg on top would be lovely, "
+                                       "and it takes about half an hour."))
+    return tuple(turns)
+
+
+def test_a_long_conversation_keeps_the_newest_turns_within_the_budget():
+    request = ReplyRequest("You are a helpful voice assistant.", _turns(60))
+    messages = build_messages(request, CONTEXT, REPLY)
+    assert messages[0]["role"] == "system"
+    assert messages[1]["role"] == "user"  # the kept history starts with the person speaking
+    assert messages[-1]["content"] == request.turns[-1].text  # the newest turn is always there
+    assert len(messages) - 1 < len(request.turns)  # the oldest fell out of the prompt…
+    assert len(request.turns) == 120  # …not out of the conversation
+
+
+def test_a_sliding_history_reuses_the_cache_instead_of_prefilling_it_again():
+    model = ChatModel(ModelStore().resolve("smollm2-135m-instruct").file(), inference_threads(), CONTEXT, slots=1)
+    try:
+        instructions = "You are a helpful voice assistant."
+        turns = _turns(40)
+        before = build_messages(ReplyRequest(instructions, turns), CONTEXT, REPLY)
+        first = model.prefill(before, slot=0)
+        assert first.prompt_tokens > 600  # the budget is full: the window is about to slide
+
+        later = (*_turns(42), Turn("user", "And what wine goes with that?"))  # two more exchanges
+        after = build_messages(ReplyRequest(instructions, later), CONTEXT, REPLY)
+        assert after[1] != before[1]  # the oldest kept turn left: the common prefix is the system prompt only
+        second = model.prefill(after, slot=0)
+        print(f"before: {first.prompt_tokens} tokens prefilled; after the slide: {second.prompt_tokens} "
+              f"prefilled, {second.cached_tokens} reused")
+        assert second.cached_tokens > 0.8 * first.prompt_tokens
+        assert second.prompt_tokens < 150  # the new exchanges and the reply header, not the history
+    finally:
+        model.close()
