@@ -1,0 +1,165 @@
+"""Barge-in storm: 200 interruptions in a row, at seeded random points of replies, through the whole app
+(controller, link, speaker on the PulseAudio harness) against the engine's real Realtime server in its own
+process (the tone engine: scripted replies, each one a tone that says which reply it is).
+
+Checked from what the virtual speaker really played: no sample of a reply plays later than CUT_WINDOW_MS
+after its cancellation was decided; and the state always comes back to listening, with no thread, asyncio
+task or unsettled reply left behind, on either side of the socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import statistics
+import time
+
+import numpy as np
+
+from app.state import AppState
+from tests.harness.pulse import pulse_audio, report  # noqa: F401 (a fixture)
+from tests.harness.tone_app import Seen, link_task_count, pump, thread_names, tone_app
+from tests.harness.tone_engine import TONES, tones_per_frame
+
+INTERRUPTIONS = int(os.environ.get("STORM_N", 200))
+SEED = 7
+# A reply: 4 phrases of 100 ms, one every 20 ms: the engine runs ahead of playback, as a real one does.
+ENGINE_ARGS = ["--phrases", "4", "--phrase-ms", "100", "--step-ms", "20"]
+REPLY_MS = 400
+# From the decision to cut to the last sample of it at the speaker: what the device already holds
+# (PortAudio's buffer through PulseAudio, ~10-30 ms here), one 10 ms analysis frame, and margin for a
+# late callback on a loaded machine. The measured worst case is reported.
+CUT_WINDOW_MS = 60
+STUCK_AFTER_S = 5.0  # not back to listening by then: stuck
+TONE_PRESENT = 0.05  # a 0.25 tone filling >= 20% of a 10 ms frame; leakage of the others stays below
+FRAME = 480  # 10 ms at 48 kHz
+
+
+def engine_counts(app) -> dict:
+    """The engine's own asyncio task and thread counts (it prints them on SIGUSR1 into its log)."""
+    supervisor = app._supervisor
+    before = supervisor.log_path.read_text(encoding="utf-8").count('"event": "counts"')
+    os.kill(supervisor.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [line for line in supervisor.log_path.read_text(encoding="utf-8").splitlines()
+                 if '"event": "counts"' in line]
+        if len(lines) > before:
+            return json.loads(lines[-1][lines[-1].index("{"):])
+        assert time.monotonic() < deadline, "the engine did not report its counts"
+        time.sleep(0.02)
+
+
+def settle(qtbot, app) -> None:
+    """Quiet until every cut reply has been settled (its heard text came back and was recorded)."""
+    pump(qtbot, lambda: app.controller.state is AppState.LISTENING and not app.controller._facts.replies, 10,
+         "the cut replies to settle")
+    qtbot.wait(300)
+
+
+def test_barge_in_storm(pulse_audio, qtbot, tmp_path, monkeypatch):
+    rng = random.Random(SEED)
+    with tone_app(qtbot, tmp_path, monkeypatch, ENGINE_ARGS) as app:
+        seen = Seen(app)
+        controller = app.controller
+        # One whole reply first: every lazily started thread (history saver, ...) exists before counting.
+        controller.submit_text("question 0")
+        pump(qtbot, lambda: controller.state is AppState.SPEAKING, 10, "the first reply")
+        pump(qtbot, lambda: controller.state is AppState.LISTENING, 10, "the first reply to end")
+        settle(qtbot, app)
+        threads_before, tasks_before, engine_before = thread_names(), link_task_count(app), engine_counts(app)
+
+        asked: dict[int, float] = {}  # question -> when asked
+        cuts: dict[int, tuple[float, str]] = {}  # question -> (when the cut was decided, how)
+        cycle_s, stuck = [], 0
+        with pulse_audio.record_speaker() as heard:
+            n = 1
+            asked[n] = time.monotonic()
+            controller.submit_text(f"question {n}")
+            while n <= INTERRUPTIONS:
+                began = asked[n]
+                pump(qtbot, lambda: len(seen.created) > n, 5, f"reply {n} to be created")
+                response_id = seen.created[n][1]
+                qtbot.wait(rng.randrange(0, REPLY_MS - 50))  # from before the first sound to near the end
+                how = rng.choice(("barge-in", "stop", "typing"))
+                if how == "barge-in" and controller.state is not AppState.SPEAKING:
+                    how = "stop"  # the detector listens only while a reply plays
+                cuts[n] = (time.monotonic(), how)
+                if how == "barge-in":  # what MicRouter does when the detector hears the person
+                    app.speaker.cancel(response_id)
+                    app.bridge.barge_in.emit(response_id, time.monotonic())
+                elif how == "stop":  # the stop hotkey, the tray, `confide --stop`
+                    controller.stop_speaking()
+                else:  # the person types the next question over the reply
+                    asked[n + 1] = time.monotonic()
+                    controller.submit_text(f"question {n + 1}")
+                if how != "typing":
+                    try:
+                        pump(qtbot, lambda: controller.state is AppState.LISTENING, STUCK_AFTER_S, "listening")
+                    except AssertionError:
+                        stuck += 1
+                        controller.stop_speaking()
+                    # A pause before the next question: a cut reply that played on would show in it.
+                    qtbot.wait(rng.randrange(60, 150))
+                    asked[n + 1] = time.monotonic()  # after the last cut, one more, heard to the end
+                    controller.submit_text(f"question {n + 1}")
+                cycle_s.append(time.monotonic() - began)
+                n += 1
+            final = n
+            pump(qtbot, lambda: controller.state is AppState.SPEAKING, 10, "the last reply to play")
+            pump(qtbot, lambda: controller.state is AppState.LISTENING, 10, "the last reply to end")
+            settle(qtbot, app)
+            audio = heard.audio()
+
+            # --- what the speaker played -------------------------------------------------------------
+            tones = tones_per_frame(audio)
+            frame_time = heard.time_of(0) + np.arange(len(tones)) * FRAME / heard.rate
+        late_ms, heard_before_cut, late_samples = [], 0, 0
+        for q, (cut_at, _how) in cuts.items():
+            column = tones[:, q % TONES]
+            # This reply's tone, from its question until the next question with the same tone.
+            window = (frame_time >= asked[q]) & (frame_time < asked.get(q + TONES, np.inf))
+            playing = window & (column > TONE_PRESENT)
+            if np.any(playing & (frame_time < cut_at)):
+                heard_before_cut += 1
+            if np.any(playing):
+                # Each frame's time is when its first sample reached us: the frame ends 10 ms later.
+                late_ms.append(1000 * (frame_time[playing][-1] + 0.01 - cut_at))
+            late = playing & (frame_time > cut_at + CUT_WINDOW_MS / 1000)
+            late_samples += int(np.count_nonzero(late)) * FRAME
+        last = tones[:, final % TONES][frame_time >= asked[final]]
+
+        # --- nothing left behind ----------------------------------------------------------------------
+        threads_after, tasks_after, engine_after = thread_names(), link_task_count(app), engine_counts(app)
+        turns = app.history.turns
+
+    kinds = [how for _, how in cuts.values()]
+    figures = {
+        "interruptions": len(cuts), "barge_in": kinds.count("barge-in"), "stop": kinds.count("stop"),
+        "typing": kinds.count("typing"), "stuck": stuck, "heard_before_cut": heard_before_cut,
+        "cancelled_audio_samples_heard": late_samples, "cut_window_ms": CUT_WINDOW_MS,
+        "cut_to_last_sample_ms_p50": round(statistics.median(late_ms), 1) if late_ms else None,
+        "cut_to_last_sample_ms_max": round(max(late_ms), 1) if late_ms else None,
+        "leaked_threads": len(threads_after) - len(threads_before),
+        "leaked_link_tasks": tasks_after - tasks_before,
+        "leaked_engine_tasks": engine_after["tasks"] - engine_before["tasks"],
+        "leaked_engine_threads": engine_after["threads"] - engine_before["threads"],
+        "s_per_interruption": round(statistics.mean(cycle_s), 3),
+    }
+    report("storm", json.dumps(figures))
+    assert stuck == 0
+    assert late_samples == 0, figures
+    assert heard_before_cut > INTERRUPTIONS // 2, figures  # the check saw the replies: most were heard, then cut
+    assert np.count_nonzero(last > TONE_PRESENT) * 10 > REPLY_MS - 50, "the last reply did not play to its end"
+    assert threads_after == threads_before
+    assert tasks_after == tasks_before
+    assert engine_after == engine_before
+    # The conversation kept every question once, and every cut reply as what was heard of it.
+    questions = [t.text for t in turns if t.role == "user"]
+    assert questions == [f"question {q}" for q in range(0, final + 1)]
+    assert len({t.item_id for t in turns}) == len(turns)
+    cut_replies = [t for t in turns if t.role == "assistant" and t.interrupted]
+    assert len(cut_replies) <= INTERRUPTIONS and not [t for t in turns if t.role == "assistant" and not t.text
+                                                       and not t.interrupted]

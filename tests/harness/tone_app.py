@@ -1,0 +1,91 @@
+"""The whole Confide app (ConfideApp: controller, link, supervisor, speaker, microphone, saved history) on the
+test display and PulseAudio harness, with its supervisor running the tone engine (tests/harness/tone_engine.py)
+instead of the models: fault tests drive hundreds of replies in seconds through the app's real code paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from app.confide_app import ConfideApp
+from app.engine_link.supervisor import EngineSupervisor
+from app.history import ConversationHistory
+from app.settings import Settings
+from app.state import AppState
+from tests.harness.tone_engine import tone_engine_command
+
+READY_TIMEOUT_S = 60
+
+
+def pump(qtbot, condition: Callable[[], object], timeout: float, what: str) -> float:
+    """Run the Qt event loop until `condition()`; the seconds it took. Fails the test on timeout."""
+    started = time.monotonic()
+    deadline = started + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        qtbot.wait(5)
+    return time.monotonic() - started
+
+
+class Seen:
+    """What the app said to the person and what the engine sent, as the GUI thread saw it."""
+
+    def __init__(self, app: ConfideApp):
+        self.messages: list[tuple[float, str, bool]] = []
+        self.created: list[tuple[float, str]] = []  # response.created, in order: (time, response id)
+        app.controller.message.connect(lambda text, error: self.messages.append((time.monotonic(), text, error)))
+        app.bridge.message.connect(lambda text, error: self.messages.append((time.monotonic(), text, error)))
+        app.bridge.event.connect(self._event)
+
+    def _event(self, event: dict) -> None:
+        if event.get("type") == "response.created":
+            self.created.append((time.monotonic(), event["response"]["id"]))
+
+    def said(self, *words: str, since: float = 0.0) -> list[str]:
+        return [text for at, text, _ in self.messages if at >= since and all(w in text.lower() for w in words)]
+
+
+@contextlib.contextmanager
+def tone_app(qtbot, tmp_path: Path, monkeypatch, engine_args: list[str] = (), hands_free: bool = True,
+             history_path: Path | None = None, **supervisor_options) -> Iterator[ConfideApp]:
+    """A started ConfideApp whose engine is the tone engine, ready and listening; shut down afterwards."""
+    for name in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.setattr(EngineSupervisor, "command",
+                        property(lambda supervisor: tone_engine_command(supervisor.token_file, supervisor.extra_args)))
+    if supervisor_options:
+        real_init = EngineSupervisor.__init__
+
+        def init(self, *args, **kwargs):
+            real_init(self, *args, **{**kwargs, **supervisor_options})
+
+        monkeypatch.setattr(EngineSupervisor, "__init__", init)
+    settings = Settings()
+    settings.conversation.hands_free = hands_free
+    app = ConfideApp(settings, ConversationHistory(history_path), engine_args=list(engine_args))
+    try:
+        app.start()
+        pump(qtbot, lambda: app.controller.state is (AppState.LISTENING if hands_free else AppState.IDLE),
+             READY_TIMEOUT_S, "the app to be ready")
+        yield app
+    finally:
+        app.shutdown()
+
+
+def link_task_count(app: ConfideApp) -> int:
+    """asyncio tasks alive on the link's loop, counted on that loop."""
+
+    async def count() -> int:
+        return len(asyncio.all_tasks())
+
+    return asyncio.run_coroutine_threadsafe(count(), app.link._loop).result(5)
+
+
+def thread_names() -> list[str]:
+    return sorted(t.name for t in threading.enumerate())
