@@ -2,8 +2,12 @@
 
 The engine announces itself with one JSON line on stdout (`{"event": "ready", "url": ...}`); its stderr
 goes to a rotating log file (and its last lines to the crash message). A crash after the engine was ready
-is restarted with growing delays; a burst of crashes, or an engine that cannot start at all (a missing
-model, a bad argument), stops the attempts with a message that says why: restarting would fail the same way.
+is restarted. An engine that cannot start at all (a missing model, a bad argument), or a crash loop, stops
+the attempts with a message that says why: restarting would fail the same way. A crash loop is `max_crashes`
+rapid crashes within `crash_window_s`, rapid meaning before the engine had served `stable_after_s` since it
+got ready; they are restarted with growing delays. A crash of an engine that had been serving for longer
+(killed mid-reply now and then over a long conversation) is no loop: it is restarted after the shortest
+delay and the count starts afresh.
 
 Threads: `start`, `stop` and `restart` may be called from any thread. `on_ready(url, token)`,
 `on_crash(exit_code, stderr_tail)` and `on_status(text)` run on the supervisor's own threads (`on_status`
@@ -51,7 +55,7 @@ class EngineSupervisor:
                  on_status: Callable[[str], None] | None = None,
                  *, log_dir: Path | None = None, env: Mapping[str, str] | None = None,
                  start_timeout_s: float = 300.0, stop_timeout_s: float = 10.0,
-                 max_crashes: int = 4, crash_window_s: float = 120.0,
+                 max_crashes: int = 4, crash_window_s: float = 120.0, stable_after_s: float = 30.0,
                  restart_delay_s: float = 0.5, max_restart_delay_s: float = 10.0):
         self.extra_args = list(extra_args)
         self.token_file = Path(token_file) if token_file else default_token_file()
@@ -61,7 +65,7 @@ class EngineSupervisor:
         self.log_path = (Path(log_dir) if log_dir else default_log_dir()) / "engine.log"
         self._env = dict(env) if env is not None else None
         self.start_timeout_s, self.stop_timeout_s = start_timeout_s, stop_timeout_s
-        self.max_crashes, self.crash_window_s = max_crashes, crash_window_s
+        self.max_crashes, self.crash_window_s, self.stable_after_s = max_crashes, crash_window_s, stable_after_s
         self.restart_delay_s, self.max_restart_delay_s = restart_delay_s, max_restart_delay_s
 
         self._lock = threading.Lock()  # guards the process state below; never held while calling back
@@ -70,7 +74,8 @@ class EngineSupervisor:
         self._generation = 0  # bumped by every launch and stop: threads of an older engine stand down
         self._wanted = False  # whether the engine should be running
         self.gave_up = False  # it could not start, or crashed too often: restarting stopped
-        self._crash_times: collections.deque[float] = collections.deque()
+        self._crash_times: collections.deque[float] = collections.deque()  # rapid crashes only
+        self._ready_at: float | None = None  # when the running engine announced itself
         self._restart_timer: threading.Timer | None = None
         self._threads: list[threading.Thread] = []
         self._log_file: logging.Handler | None = None
@@ -128,6 +133,7 @@ class EngineSupervisor:
         self._generation += 1
         generation = self._generation
         self.url = self.token = None
+        self._ready_at = None
         try:
             process = subprocess.Popen(
                 self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -191,6 +197,7 @@ class EngineSupervisor:
             if generation != self._generation:
                 return
             self.url, self.token = url, token
+            self._ready_at = time.monotonic()
         self._status(f"engine ready at {url}")
         _call(self._on_ready, url, token)
 
@@ -208,9 +215,12 @@ class EngineSupervisor:
                 self.gave_up = True
             else:
                 now = time.monotonic()
-                self._crash_times.append(now)
-                while self._crash_times[0] < now - self.crash_window_s:
-                    self._crash_times.popleft()
+                if self._ready_at is not None and now - self._ready_at >= self.stable_after_s:
+                    self._crash_times.clear()  # it had been serving: no loop, and no back-off
+                else:
+                    self._crash_times.append(now)
+                    while self._crash_times[0] < now - self.crash_window_s:
+                        self._crash_times.popleft()
         if timed_out:
             return self._status(f"the engine did not get ready within {self.start_timeout_s:.0f} s and was "
                                 f"stopped; see {self.log_path}")
@@ -225,7 +235,7 @@ class EngineSupervisor:
                 self._wanted = False
                 self.gave_up = True
             else:
-                delay = min(self.max_restart_delay_s, self.restart_delay_s * 2 ** (crashes - 1))
+                delay = min(self.max_restart_delay_s, self.restart_delay_s * 2 ** max(0, crashes - 1))
                 self._restart_timer = threading.Timer(delay, self._restart_after_crash, args=(generation,))
                 self._restart_timer.daemon = True
                 self._restart_timer.start()

@@ -22,6 +22,14 @@ from tests.harness.tone_engine import tone_engine_command
 READY_TIMEOUT_S = 60
 
 
+class ToneEngineSupervisor(EngineSupervisor):
+    """The app's supervisor, running the tone engine."""
+
+    @property
+    def command(self) -> list[str]:
+        return tone_engine_command(self.token_file, self.extra_args)
+
+
 def pump(qtbot, condition: Callable[[], object], timeout: float, what: str) -> float:
     """Run the Qt event loop until `condition()`; the seconds it took. Fails the test on timeout."""
     started = time.monotonic()
@@ -57,8 +65,7 @@ def tone_app(qtbot, tmp_path: Path, monkeypatch, engine_args: list[str] = (), ha
     """A started ConfideApp whose engine is the tone engine, ready and listening; shut down afterwards."""
     for name in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
-    monkeypatch.setattr(EngineSupervisor, "command",
-                        property(lambda supervisor: tone_engine_command(supervisor.token_file, supervisor.extra_args)))
+    monkeypatch.setattr(EngineSupervisor, "command", ToneEngineSupervisor.command)
     if supervisor_options:
         real_init = EngineSupervisor.__init__
 
