@@ -7,18 +7,28 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from engine.realtime import errors
 from engine.realtime.errors import ProtocolError
+from engine.vision.screen_image import MAX_PIXELS
 
+# Input limits. Each refusal is an `error` event whose message names the limit; the session goes on.
 MAX_EVENT_BYTES = 24 * 1024 * 1024  # a 4K screenshot as a base64 PNG fits; more is refused, not parsed
 MAX_APPEND_SAMPLES = 24_000 * 15  # one append carries at most 15 s of audio
-MAX_TEXT_CHARS = 32_000
+MAX_TEXT_CHARS = 32_000  # a text part, a transcript, instructions
+MAX_ID_CHARS = 128  # event, item and response ids (the Realtime API's own are 32)
+MAX_NAME_CHARS = 128  # a voice name
+MAX_CONTENT_PARTS = 32  # parts of one item
+MAX_IMAGE_BYTES = 16 * 1024 * 1024  # one encoded screenshot (an 8K PNG of real screen content is well under)
+MAX_IMAGE_PIXELS = MAX_PIXELS  # 40 MP: an 8K monitor is 33 MP; past that it is a mistake or a bomb
 
 
 @dataclass(frozen=True)
@@ -37,18 +47,27 @@ def parse(raw: str | bytes) -> ClientEvent:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise ProtocolError(errors.INVALID_JSON, f"event is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ProtocolError(errors.INVALID_JSON, "event is nested too deeply to be a Realtime event") from None
     if not isinstance(body, dict):
         raise ProtocolError(errors.INVALID_EVENT, "an event must be a JSON object")
-    kind = body.get("type")
-    if not isinstance(kind, str):
-        raise ProtocolError(errors.INVALID_EVENT, "an event needs a string `type`", param="type")
     event_id = body.get("event_id")
     if event_id is not None and not isinstance(event_id, str):
         raise ProtocolError(errors.INVALID_VALUE, "`event_id` must be a string", param="event_id")
-    validate = _VALIDATORS.get(kind)
-    if validate is None:
-        raise ProtocolError(errors.UNKNOWN_EVENT_TYPE, f"unknown event type {kind[:80]!r}", param="type")
-    decoded = validate(body) or {}
+    if event_id is not None and len(event_id) > MAX_ID_CHARS:
+        raise ProtocolError(errors.INVALID_VALUE, f"`event_id` is longer than the {MAX_ID_CHARS}-character limit",
+                            param="event_id")
+    try:  # from here on, every error answers this event by its id
+        kind = body.get("type")
+        if not isinstance(kind, str):
+            raise ProtocolError(errors.INVALID_EVENT, "an event needs a string `type`", param="type")
+        validate = _VALIDATORS.get(kind)
+        if validate is None:
+            raise ProtocolError(errors.UNKNOWN_EVENT_TYPE, f"unknown event type {kind[:80]!r}", param="type")
+        decoded = validate(body) or {}
+    except ProtocolError as error:
+        error.event_id = event_id
+        raise
     return ClientEvent(kind, event_id, body, decoded)
 
 
@@ -80,10 +99,39 @@ def decode_image_url(url: Any, param: str) -> bytes:
     header, _, payload = url.partition(",")
     if not header.endswith(";base64") or not payload:
         raise ProtocolError(errors.INVALID_IMAGE, f"`{param}` must be base64-encoded", param=param)
+    if len(payload) > MAX_IMAGE_BYTES * 4 // 3 + 4:
+        raise _image_too_large(f"{len(payload) * 3 // 4} bytes", param)
     try:
-        return base64.b64decode(payload, validate=True)
+        data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise ProtocolError(errors.INVALID_IMAGE, f"`{param}` is not valid base64", param=param) from None
+    if len(data) > MAX_IMAGE_BYTES:
+        raise _image_too_large(f"{len(data)} bytes", param)
+    pixels = _pixel_count(data)
+    if pixels is not None and pixels > MAX_IMAGE_PIXELS:
+        raise _image_too_large(f"{pixels} pixels", param)
+    return data
+
+
+def _pixel_count(data: bytes) -> int | None:
+    """Width × height from the image's header (nothing is decoded); None when the header is unreadable, which
+    the backend then reports as an unusable image."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                return width * height
+    except Image.DecompressionBombError:
+        return MAX_IMAGE_PIXELS + 1
+    except Exception:  # Pillow raises many types for garbage
+        return None
+
+
+def _image_too_large(what: str, param: str) -> ProtocolError:
+    return ProtocolError(errors.IMAGE_TOO_LARGE, f"`{param}` is too large ({what}); the limits are "
+                         f"{MAX_IMAGE_BYTES} bytes and {MAX_IMAGE_PIXELS} pixels: share one monitor, a window or "
+                         "a region", param=param)
 
 
 # --- per-type validation ---------------------------------------------------------------------------
@@ -106,6 +154,33 @@ def _optional(body: dict, key: str, kinds: type | tuple[type, ...], param: str |
     return _require(body, key, kinds, param)
 
 
+def _bounded(value: str | None, limit: int, param: str) -> str | None:
+    """A string field within its length limit."""
+    if value is not None and len(value) > limit:
+        raise ProtocolError(errors.INVALID_VALUE, f"`{param}` is longer than the {limit}-character limit",
+                            param=param)
+    return value
+
+
+def _id(body: dict, key: str, param: str | None = None, *, required: bool = True) -> str | None:
+    value = (_require if required else _optional)(body, key, str, param)
+    return _bounded(value, MAX_ID_CHARS, param or key)
+
+
+def text_field(value: Any, param: str) -> str:
+    """A text the model reads (instructions, a transcript): a string within MAX_TEXT_CHARS."""
+    if not isinstance(value, str):
+        raise ProtocolError(errors.INVALID_VALUE, f"`{param}` must be a string", param=param)
+    return _bounded(value, MAX_TEXT_CHARS, param)
+
+
+def name_field(value: Any, param: str) -> str:
+    """A short name (a voice): a string within MAX_NAME_CHARS."""
+    if not isinstance(value, str):
+        raise ProtocolError(errors.INVALID_VALUE, f"`{param}` must be a string", param=param)
+    return _bounded(value, MAX_NAME_CHARS, param)
+
+
 def _session_update(body: dict) -> None:
     _require(body, "session", dict)  # fields are checked by session_config.apply_update
 
@@ -121,11 +196,11 @@ def _nothing(body: dict) -> None:
 
 
 def _item_id(body: dict) -> None:
-    _require(body, "item_id", str)
+    _id(body, "item_id")
 
 
 def _truncate(body: dict) -> None:
-    _require(body, "item_id", str)
+    _id(body, "item_id")
     if _require(body, "content_index", int) < 0:
         raise ProtocolError(errors.INVALID_VALUE, "`content_index` must be >= 0", param="content_index")
     if _require(body, "audio_end_ms", int) < 0:
@@ -140,9 +215,9 @@ _CONTENT_BY_ROLE = {
 
 
 def _item_create(body: dict) -> dict:
-    _optional(body, "previous_item_id", str)
+    _id(body, "previous_item_id", required=False)
     item = _require(body, "item", dict)
-    _optional(item, "id", str, "item.id")
+    _id(item, "id", "item.id", required=False)
     kind = item.get("type", "message")
     if kind != "message":
         raise ProtocolError(errors.UNSUPPORTED, f"item type {kind!r} is not supported (no tools yet)",
@@ -155,6 +230,9 @@ def _item_create(body: dict) -> dict:
     decoded_parts: dict[int, Any] = {}
     if not content:
         raise ProtocolError(errors.INVALID_VALUE, "item.content must not be empty", param="item.content")
+    if len(content) > MAX_CONTENT_PARTS:
+        raise ProtocolError(errors.INVALID_VALUE, f"item.content has {len(content)} parts; the limit is "
+                            f"{MAX_CONTENT_PARTS}", param="item.content")
     for index, part in enumerate(content):
         param = f"item.content[{index}]"
         if not isinstance(part, dict):
@@ -164,18 +242,17 @@ def _item_create(body: dict) -> dict:
             raise ProtocolError(errors.INVALID_VALUE, f"{param}.type {part_type!r} is not allowed for role "
                                 f"{role!r}", param=f"{param}.type")
         if part_type in ("input_text", "output_text", "text"):
-            text = _require(part, "text", str, f"{param}.text")
-            if len(text) > MAX_TEXT_CHARS:
-                raise ProtocolError(errors.INVALID_VALUE, f"{param}.text is longer than {MAX_TEXT_CHARS} "
-                                    "characters", param=f"{param}.text")
+            _bounded(_require(part, "text", str, f"{param}.text"), MAX_TEXT_CHARS, f"{param}.text")
         elif part_type == "input_audio":
             if part.get("audio") is not None:
                 decoded_parts[index] = decode_audio(part["audio"], f"{param}.audio")
-            _optional(part, "transcript", str, f"{param}.transcript")
+            _bounded(_optional(part, "transcript", str, f"{param}.transcript"), MAX_TEXT_CHARS,
+                     f"{param}.transcript")
         elif part_type == "input_image":
             decoded_parts[index] = decode_image_url(part.get("image_url"), f"{param}.image_url")
         else:  # assistant audio given as history: its transcript is what counts
-            _optional(part, "transcript", str, f"{param}.transcript")
+            _bounded(_optional(part, "transcript", str, f"{param}.transcript"), MAX_TEXT_CHARS,
+                     f"{param}.transcript")
     return {"parts": decoded_parts}
 
 
@@ -183,7 +260,8 @@ def _response_create(body: dict) -> None:
     response = _optional(body, "response", dict)
     if not response:
         return
-    _optional(response, "instructions", str, "response.instructions")
+    if response.get("instructions") is not None:
+        text_field(response["instructions"], "response.instructions")
     conversation = response.get("conversation", "auto")
     if conversation not in ("auto", None):
         raise ProtocolError(errors.UNSUPPORTED, "only responses in the default conversation are supported",
@@ -197,7 +275,7 @@ def _response_create(body: dict) -> None:
 
 
 def _response_cancel(body: dict) -> None:
-    _optional(body, "response_id", str)
+    _id(body, "response_id", required=False)
 
 
 _VALIDATORS = {

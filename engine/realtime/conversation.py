@@ -7,7 +7,7 @@ context holds only those.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,9 +112,17 @@ def heard_text(segments: Iterable[SpokenSegment], audio_end_ms: float) -> str:
     return " ".join(t.strip() for t in heard if t.strip())
 
 
+# A day-long session must not grow without bound: past these, the oldest items (and the oldest screenshots'
+# bytes) are forgotten, and the client is told with `conversation.item.deleted`. The model's context window
+# holds far fewer turns than this anyway.
+MAX_ITEMS = 512
+MAX_IMAGES = 8  # screenshots held (up to MAX_IMAGE_BYTES each); older ones leave their items
+
+
 class Conversation:
-    def __init__(self) -> None:
+    def __init__(self, on_forget: Callable[[str], None] = lambda item_id: None) -> None:
         self._items: list[Item] = []
+        self._on_forget = on_forget
 
     def __iter__(self):
         return iter(list(self._items))
@@ -142,13 +150,24 @@ class Conversation:
         if previous_item_id is None:
             previous = self.last_id()
             self._items.append(item)
-            return previous
-        if previous_item_id == "root":
+        elif previous_item_id == "root":
             self._items.insert(0, item)
-            return None
-        index = self._items.index(self.get(previous_item_id))
-        self._items.insert(index + 1, item)
-        return previous_item_id
+            previous = None
+        else:
+            self._items.insert(self._items.index(self.get(previous_item_id)) + 1, item)
+            previous = previous_item_id
+        self._keep_within_limits(item)
+        return previous
+
+    def _keep_within_limits(self, newest: Item) -> None:
+        images = [(item, part) for item in self._items for part in item.content if part.type == "input_image"]
+        for item, part in images[:-MAX_IMAGES]:
+            if item is not newest:
+                item.content = [p for p in item.content if p is not part]
+        while len(self._items) > MAX_ITEMS:
+            oldest = next(item for item in self._items if item is not newest)
+            self._items.remove(oldest)
+            self._on_forget(oldest.id)
 
     def delete(self, item_id: str) -> None:
         self._items.remove(self.get(item_id))

@@ -6,15 +6,22 @@ Every malformed or out-of-order client event becomes one `error` event; the sess
 from __future__ import annotations
 
 
+MAX_MESSAGE_CHARS = 400  # a message quotes what the client sent; a 20 MB value must not come back 20 MB long
+
+
 class ProtocolError(Exception):
-    """A client event that cannot be carried out. Sent as `error {type, code, message, param, event_id}`."""
+    """A client event that cannot be carried out. Sent as `error {type, code, message, param, event_id}`;
+    `event_id` is the client's id for the event, once it is known (the event parsed far enough to have one)."""
 
     def __init__(self, code: str, message: str, *, param: str | None = None, kind: str = "invalid_request_error"):
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[:MAX_MESSAGE_CHARS - 1] + "…"
         super().__init__(message)
         self.code = code
         self.message = message
         self.param = param
         self.kind = kind
+        self.event_id: str | None = None
 
 
 # Stable codes (kept in one place so clients and tests agree).
@@ -33,6 +40,7 @@ ITEM_NOT_FOUND = "item_not_found"
 DUPLICATE_ITEM_ID = "duplicate_item_id"
 AUDIO_END_TOO_LARGE = "audio_end_ms_out_of_range"
 INVALID_IMAGE = "invalid_image"
+IMAGE_TOO_LARGE = "image_too_large"
 UNSUPPORTED = "unsupported_feature"
 MODEL_FAILURE = "model_failure"
 SERVER_ERROR = "server_error"

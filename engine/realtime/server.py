@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 REALTIME_PATH = "/v1/realtime"
 MAX_SESSIONS = 16
+# Events waiting for a client that does not read: past this many, its next events are not read either, so
+# TCP pushes back on it instead of the engine's memory growing (a reply's own audio is bounded by the reply).
+OUTBOX_HIGH_WATER = 256
 
 # Older (beta) clients get the event names they know.
 _BETA_NAMES = {
@@ -95,14 +98,18 @@ class RealtimeServer:
 
     async def _connection(self, websocket: ServerConnection) -> None:
         outbox: asyncio.Queue[dict] = asyncio.Queue()
+        room = asyncio.Event()  # set by the writer when the outbox is back under half its high-water mark
         beta = "realtime=v1" in (websocket.request.headers.get("OpenAI-Beta") or "")
         session = RealtimeSession(self.backend, outbox.put_nowait, self.detector_factory, beta=beta)
         self.sessions.add(session)
-        writer = asyncio.get_running_loop().create_task(self._write(websocket, outbox, session))
+        writer = asyncio.get_running_loop().create_task(self._write(websocket, outbox, session, room))
         log.info("session %s opened (%d open)", session.id, len(self.sessions))
         try:
             async for message in websocket:
                 session.handle(message)
+                while outbox.qsize() > OUTBOX_HIGH_WATER and not writer.done():
+                    room.clear()
+                    await room.wait()
         except ConnectionClosed:
             pass
         finally:
@@ -112,10 +119,13 @@ class RealtimeServer:
             log.info("session %s closed", session.id)
 
     @staticmethod
-    async def _write(websocket: ServerConnection, outbox: asyncio.Queue, session: RealtimeSession) -> None:
+    async def _write(websocket: ServerConnection, outbox: asyncio.Queue, session: RealtimeSession,
+                     room: asyncio.Event) -> None:
         try:
             while True:
                 event = await outbox.get()
+                if outbox.qsize() <= OUTBOX_HIGH_WATER // 2:
+                    room.set()
                 if session.should_drop(event):
                     continue
                 if session.beta and event["type"] in _BETA_NAMES:
@@ -123,3 +133,5 @@ class RealtimeServer:
                 await websocket.send(json.dumps(event))
         except ConnectionClosed:
             pass
+        finally:
+            room.set()  # a reader waiting for room must not wait for a writer that is gone

@@ -83,7 +83,7 @@ class RealtimeSession:
                  *, beta: bool = False):
         self.id = new_id("sess")
         self.config = SessionConfig()
-        self.conversation = Conversation()
+        self.conversation = Conversation(on_forget=self._on_item_forgotten)
         self.beta = beta
         self._model_name = backend.model
         self._backend = backend.open_session()
@@ -122,7 +122,7 @@ class RealtimeSession:
             event_id = event.event_id
             self._HANDLERS[event.type](self, event)
         except ProtocolError as error:
-            self._error(error, event_id)
+            self._error(error, error.event_id or event_id)
         except Exception as error:  # a bug must cost one event, not the session
             log.exception("failed to handle a client event")
             self._error(ProtocolError(errors.SERVER_ERROR, f"internal error: {error}", kind="server_error"),
@@ -349,7 +349,7 @@ class RealtimeSession:
         try:
             part.image = await self._backend.read_screen(part.image.data)
         except ValueError as error:
-            item.content.remove(part)
+            item.content = [p for p in item.content if p is not part]
             self.emit("error", error={"type": "invalid_request_error", "code": errors.INVALID_IMAGE,
                                       "message": f"the image in item {item.id} cannot be used: {error}",
                                       "param": "item.content", "event_id": None})
@@ -359,6 +359,10 @@ class RealtimeSession:
         if self._response and self._response.active and self._response.item.id == item_id:
             self._cancel_response("client_cancelled")
         self.conversation.delete(item_id)
+        self.emit("conversation.item.deleted", item_id=item_id)
+
+    def _on_item_forgotten(self, item_id: str) -> None:
+        """An item dropped to keep the conversation within its limits: the client drops it too."""
         self.emit("conversation.item.deleted", item_id=item_id)
 
     def _on_item_retrieve(self, event: ClientEvent) -> None:

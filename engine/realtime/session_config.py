@@ -15,6 +15,7 @@ from typing import Any
 
 from engine.audio.pcm import PROTOCOL_RATE
 from engine.realtime import errors
+from engine.realtime.client_events import name_field, text_field
 from engine.realtime.errors import ProtocolError
 from engine.turns.detector import ServerVadSettings
 
@@ -105,7 +106,7 @@ def apply_update(config: SessionConfig, session: Any) -> SessionConfig:
         raise ProtocolError(errors.UNSUPPORTED, f"session type {kind!r} is not supported; use 'realtime'",
                             param="session.type")
     if "instructions" in session:
-        updated.instructions = _string(session["instructions"], "session.instructions")
+        updated.instructions = text_field(session["instructions"], "session.instructions")
     if "output_modalities" in session:
         updated.output_modalities = _modalities(session["output_modalities"], "session.output_modalities")
     if "modalities" in session:  # beta: ["text", "audio"] means audio with its transcript
@@ -119,7 +120,7 @@ def apply_update(config: SessionConfig, session: Any) -> SessionConfig:
     if "temperature" in session:
         updated.temperature = _number(session["temperature"], "session.temperature", 0.0, 2.0)
     if "voice" in session:
-        updated.voice = _string(session["voice"], "session.voice") or config.voice
+        updated.voice = name_field(session["voice"], "session.voice") or config.voice
     for key in ("input_audio_format", "output_audio_format"):
         if key in session:
             _audio_format(session[key], f"session.{key}")
@@ -154,7 +155,7 @@ def _apply_audio(updated: SessionConfig, previous: SessionConfig, audio: dict[st
             voice = audio_out["voice"]
             if isinstance(voice, dict):  # {"id": "..."} custom voice form
                 voice = voice.get("id")
-            updated.voice = _string(voice, "session.audio.output.voice") or previous.voice
+            updated.voice = name_field(voice, "session.audio.output.voice") or previous.voice
         if "speed" in audio_out and audio_out["speed"] is not None:
             updated.speed = _number(audio_out["speed"], "session.audio.output.speed", 0.25, 4.0)
 
@@ -174,7 +175,7 @@ def _turn_detection(value: Any, previous: TurnDetection | None, param: str) -> T
     result.kind = kind
     if kind == "semantic_vad":
         eagerness = value.get("eagerness", "auto")
-        if eagerness not in _SEMANTIC_WINDOWS_MS:
+        if not isinstance(eagerness, str) or eagerness not in _SEMANTIC_WINDOWS_MS:
             raise ProtocolError(errors.INVALID_VALUE, f"eagerness must be one of {sorted(_SEMANTIC_WINDOWS_MS)}",
                                 param=f"{param}.eagerness")
         result.silence_duration_ms = _SEMANTIC_WINDOWS_MS[eagerness]
@@ -225,12 +226,6 @@ def _max_tokens(value: Any, param: str) -> int | None:
 def _object(value: Any, param: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ProtocolError(errors.INVALID_VALUE, f"{param} must be an object", param=param)
-    return value
-
-
-def _string(value: Any, param: str) -> str:
-    if not isinstance(value, str):
-        raise ProtocolError(errors.INVALID_VALUE, f"{param} must be a string", param=param)
     return value
 
 
