@@ -122,8 +122,9 @@ class Speaker:
         stall_timeout_s: float = 1.0,
     ):
         """`on_started(response_id)`: the response's first sample is leaving the device now.
-        `on_drained(response_id)`: its last sample has left, after finish(). Both are called on the
-        speaker's own thread; `on_error(message)` too, with one line for the person.
+        `on_drained(response_id)`: its last sample has left, after finish(), or it can play no further
+        (the device was lost). Both are called on the speaker's own thread; `on_error(message)` too, with
+        one line for the person.
         `on_played(block, dac_time, rate, frame_index, resync)`: a copy of every block with reply audio
         in it (mono, the device's rate), when its first frame leaves the device, that frame's number in
         the stream (0 at the stream's start), and whether the device ran dry since the last such block
@@ -152,6 +153,7 @@ class Speaker:
         self._notifier: threading.Thread | None = None
         self._stream = None
         self._reopen_wanted = False
+        self._lost = False  # no device would open, or it went: replies are refused until one opens
         self._rate = PROTOCOL_RATE  # the rate queued audio is kept at; the device's once opened
         self._latency = 0.0
         self._device_name = ""
@@ -299,7 +301,7 @@ class Speaker:
     # --- replies: bookkeeping (under self._lock) ------------------------------------------------
 
     def _response_for_push(self, response_id: str) -> _Response | None:
-        if response_id in self._refused:
+        if response_id in self._refused or self._lost:
             return None
         current = self._current
         if current is not None and current.id == response_id:
@@ -362,6 +364,7 @@ class Speaker:
         self._stream = stream
         self._device_name = device.name
         self.last_error = ""
+        self._lost = False
         return True
 
     def _use_rate(self, rate: int) -> None:
@@ -484,10 +487,6 @@ class Speaker:
             name = self._label()
             devices.unregister_stream(self)
             self._close(drain=False)
-        with self._lock:
-            if self._current is not None:  # its tail would make no sense after the gap
-                self._refuse(self._current.id)
-                self._drop(self._current)
         if problem == "lost":
             self._report(f"{name[0].upper()}{name[1:]} was disconnected or stopped working.")
         else:
@@ -498,6 +497,17 @@ class Speaker:
         return "the speaker" if spec is None else f"the speaker {self._device_name or spec!r}"
 
     def _report(self, message: str) -> None:
+        """No device to play on: it would not open, or it went. The reply playing ends here (its tail would
+        make no sense after the gap), and replies are refused until a device opens (the person reads them),
+        so that none of them plays when the device is back, long after its moment."""
+        with self._lock:
+            self._lost = True
+            response = self._current
+            if response is not None:
+                self._refuse(response.id)
+                self._drop(response)
+        if response is not None:  # it will not drain: it is over all the same
+            self._events.put((time.monotonic(), "drained", response.id))
         self.last_error = message
         if self._on_error is not None:
             self._on_error(message)

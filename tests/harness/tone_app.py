@@ -47,8 +47,13 @@ class Seen:
     def __init__(self, app: ConfideApp):
         self.messages: list[tuple[float, str, bool]] = []
         self.created: list[tuple[float, str]] = []  # response.created, in order: (time, response id)
-        app.controller.message.connect(lambda text, error: self.messages.append((time.monotonic(), text, error)))
-        app.bridge.message.connect(lambda text, error: self.messages.append((time.monotonic(), text, error)))
+        show = app.window.show_message  # every message for the person goes there (and errors to the tray too)
+
+        def shown(text: str, error: bool = False) -> None:
+            self.messages.append((time.monotonic(), text, error))
+            show(text, error)
+
+        app.window.show_message = shown
         app.bridge.event.connect(self._event)
 
     def _event(self, event: dict) -> None:
@@ -61,7 +66,8 @@ class Seen:
 
 @contextlib.contextmanager
 def tone_app(qtbot, tmp_path: Path, monkeypatch, engine_args: list[str] = (), hands_free: bool = True,
-             history_path: Path | None = None, **supervisor_options) -> Iterator[ConfideApp]:
+             history_path: Path | None = None, configure: Callable[[Settings], None] | None = None,
+             **supervisor_options) -> Iterator[ConfideApp]:
     """A started ConfideApp whose engine is the tone engine, ready and listening; shut down afterwards."""
     for name in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
@@ -75,6 +81,8 @@ def tone_app(qtbot, tmp_path: Path, monkeypatch, engine_args: list[str] = (), ha
         monkeypatch.setattr(EngineSupervisor, "__init__", init)
     settings = Settings()
     settings.conversation.hands_free = hands_free
+    if configure is not None:
+        configure(settings)
     app = ConfideApp(settings, ConversationHistory(history_path), engine_args=list(engine_args))
     try:
         app.start()
