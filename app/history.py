@@ -24,6 +24,9 @@ ROLES = ("user", "assistant")
 class HistoryWriteError(OSError):
     """The history could not be saved; the last saved file is still there, unchanged."""
 
+    def __str__(self) -> str:  # a sentence for the person, without OSError's "[Errno 28]" in front
+        return self.strerror or super().__str__()
+
 
 @dataclass(frozen=True)
 class Turn:
