@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+
+# ONNX Runtime (1.32 here) records usage telemetry on Linux and macOS too: a device id and a queue of events
+# (OS, process path, models run) in ~/.cache/Microsoft/DeveloperTools, a session file in the temporary folder,
+# for upload to Microsoft's collector when a network is there. The engine runs offline and reports to no one.
+# The variable is read when the library loads, so it is set here, before any command imports it.
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 # Each module exposes `register(subparsers)`, which adds its subcommand and sets `func`.
 _COMMAND_MODULES = (

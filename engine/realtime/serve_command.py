@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from engine.realtime.auth import default_token_path, load_or_create_token
+from engine.realtime.auth import TokenFileError, default_token_path, load_or_create_token
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,11 @@ def omni_settings(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    token = args.token or load_or_create_token(args.token_file)
+    try:
+        token = args.token or load_or_create_token(args.token_file)
+    except TokenFileError as error:
+        print(f"confide-engine: {error}", file=sys.stderr)
+        return 1
     try:
         return asyncio.run(_serve(args, token))
     except KeyboardInterrupt:

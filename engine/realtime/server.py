@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 from collections.abc import Sequence
@@ -26,6 +27,22 @@ MAX_SESSIONS = 16
 # TCP pushes back on it instead of the engine's memory growing (a reply's own audio is bounded by the reply).
 OUTBOX_HIGH_WATER = 256
 
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(header: str) -> str:
+    """The name in a Host header, without its port: "127.0.0.1:8765" → "127.0.0.1", "[::1]:8765" → "::1"."""
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
+
+
 # Older (beta) clients get the event names they know.
 _BETA_NAMES = {
     "response.output_audio.delta": "response.audio.delta",
@@ -46,8 +63,10 @@ class RealtimeServer:
         self.allowed_origins = set(allowed_origins)
         self.sessions: set[RealtimeSession] = set()
         self._server: Server | None = None
+        self._loopback_only = True
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self._loopback_only = is_loopback(host)
         self._server = await serve(
             self._connection,
             host,
@@ -74,6 +93,9 @@ class RealtimeServer:
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
+        if self._loopback_only and not is_loopback(_host_name(request.headers.get("Host", ""))):
+            # DNS rebinding: a web page whose name now points at 127.0.0.1 still says its own name here.
+            return connection.respond(HTTPStatus.FORBIDDEN, "the engine answers to localhost names only\n")
         if path == "/healthz":
             return connection.respond(HTTPStatus.OK, "ok\n")
         if path != REALTIME_PATH:
