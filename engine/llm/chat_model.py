@@ -7,7 +7,10 @@ A long conversation outgrows the context: the prompt then keeps only the newest 
 so the oldest turn leaves the *start* of the history and the common prefix shrinks to the system prompt.
 Without more, every later turn would prefill the whole history again (~3,700 tokens: ~1 minute on one
 core). llama.cpp's cache reuse finds the rest of the old prompt further along the cache and shifts it into
-place (KV shifting), so a sliding window costs only its new tokens.
+place (KV shifting), so a sliding window costs only its new tokens. llama.cpp's host-memory prompt cache
+is off: it saved a copy of the slot's whole KV state each time the prompt kept less than half of it, which
+a sliding history does every turn (~45 MB a turn for the default model, up to its 8 GiB default), and each
+conversation keeps its own slot anyway.
 """
 
 from __future__ import annotations
@@ -99,6 +102,7 @@ class ChatModel:
         params.cpuparams_batch.n_threads = batch_threads or threads
         params.warmup = True
         params.n_cache_reuse = CACHE_REUSE_MIN_TOKENS  # a sliding history is shifted, not prefilled again
+        params.cache_ram_mib = 0  # no copies of old prompts' KV states in memory (see the module docstring)
         params.verbosity = 1  # warnings and errors only; llama.cpp's info lines would flood the log
         socket_folder = _close_http_side(params)
         started = time.monotonic()

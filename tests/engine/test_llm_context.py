@@ -1,9 +1,13 @@
 """A conversation longer than the model's context: the prompt keeps the newest turns, the stored
 conversation keeps them all, and a history that slides costs only its new tokens (the cache is shifted,
-not prefilled again). Without the shift every turn past the budget re-read the whole history: ~1 minute
-on one core for the default model's 4,096 tokens, and latency drifted without bound over a long day."""
+not prefilled again) and no memory. Without the shift every turn past the budget re-read the whole
+history (~1 minute on one core for the default model's 4,096 tokens), and llama.cpp's prompt cache kept a
+copy of the slot's KV state each turn (~45 MB a turn for the default model): latency and memory grew
+without bound over a long day."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from engine.backends.base import ReplyRequest, Turn
 from engine.llm.chat_model import ChatModel
@@ -51,5 +55,21 @@ def test_a_sliding_history_reuses_the_cache_instead_of_prefilling_it_again():
               f"prefilled, {second.cached_tokens} reused")
         assert second.cached_tokens > 0.8 * first.prompt_tokens
         assert second.prompt_tokens < 150  # the new exchanges and the reply header, not the history
+
+        rss_before = _rss_mb()
+        for extra in range(43, 53):  # ten more turns, each sliding the window
+            messages = build_messages(ReplyRequest(instructions, _turns(extra)), CONTEXT, REPLY)
+            stats = model.prefill(messages, slot=0)
+            assert stats.prompt_tokens < 150
+        growth = _rss_mb() - rss_before
+        print(f"memory after ten more slides: {growth:+.1f} MB")
+        assert growth < 20  # was ~20 MB a slide with the tiny model
     finally:
         model.close()
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
