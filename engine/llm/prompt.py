@@ -33,6 +33,10 @@ def build_messages(request: ReplyRequest, context_tokens: int, reply_tokens: int
         message = render_turn(turn)
         if message["role"] == "system":
             system_parts.append(message["content"])
+        elif message["content"] and history and history[-1]["role"] == message["role"] == "assistant":
+            # Two replies in a row (response.create twice; an assistant item given as history) are one turn
+            # to the model: llama.cpp refuses two assistant messages at the end of a chat.
+            history[-1] = {"role": "assistant", "content": history[-1]["content"] + "\n\n" + message["content"]}
         elif message["content"]:
             history.append(message)
     system: Message = {"role": "system", "content": "\n\n".join(p for p in system_parts if p)}

@@ -381,9 +381,6 @@ class RealtimeSession:
     # --- responses ----------------------------------------------------------------------------------
 
     def _on_response_create(self, event: ClientEvent) -> None:
-        if self._response and self._response.active:
-            raise ProtocolError(errors.RESPONSE_ACTIVE, f"response {self._response.id} is still in progress; "
-                                "cancel it or wait for response.done")
         options = event.body.get("response") or {}
         config = self.config
         if "instructions" in options:
@@ -396,6 +393,9 @@ class RealtimeSession:
                 config = apply_update(config, {key: options[key]})
         if "temperature" in options:
             config = apply_update(config, {"temperature": options["temperature"]})
+        if self._response and self._response.active:  # (after the options: a malformed event is told so first)
+            raise ProtocolError(errors.RESPONSE_ACTIVE, f"response {self._response.id} is still in progress; "
+                                "cancel it or wait for response.done")
         self._start_response(None, config)
 
     def _start_response(self, speculation: ReplyRun | None, config: SessionConfig) -> None:

@@ -17,6 +17,7 @@ from tests.engine.fuzz_events import Case, Step
 from tests.engine.realtime_client import RealtimeTestClient, transcript_of
 
 ANSWER_TIMEOUT_S = 10.0
+REPLY_TIMEOUT_S = 120.0  # a whole reply from the real models, on a busy machine
 
 
 @dataclass
@@ -32,6 +33,13 @@ class FuzzTally:
     @property
     def unanswered(self) -> int:
         return self.hostile_sent - self.errors - sum(self.closes.values())
+
+
+def is_reply_event(event: dict) -> bool:
+    """An event of a response in progress, not an answer to the event just sent."""
+    return event["type"].startswith("response.") or (
+        event["type"] in ("conversation.item.created", "conversation.item.done")
+        and event["item"]["role"] == "assistant")
 
 
 def check_answer(step: Step, answer: dict) -> str | None:
@@ -60,13 +68,26 @@ async def run_lockstep(url: str, token: str, cases: Iterable[Case], tally: FuzzT
     try:
         for case in cases:
             tally.categories[case.category] += 1
+            case_start = len(client.events)
             for step in case.steps:
-                await client.send_raw(step.payload)
-                if step.expect == "error":
-                    tally.hostile_sent += 1
-                else:
-                    tally.setup_sent += 1
-                answer = await client.next_event(ANSWER_TIMEOUT_S)
+                try:
+                    if step.payload is None:  # wait for the end of what the case started
+                        if not any(e["type"] == step.expect for e in client.events[case_start:]):
+                            await client.expect(step.expect, REPLY_TIMEOUT_S)
+                        continue
+                    await client.send_raw(step.payload)
+                    if step.expect == "error":
+                        tally.hostile_sent += 1
+                    else:
+                        tally.setup_sent += 1
+                    answer = await client.next_event(ANSWER_TIMEOUT_S)
+                    while is_reply_event(answer) and answer["type"] != step.expect:  # a reply streaming meanwhile
+                        answer = await client.next_event(ANSWER_TIMEOUT_S)
+                except asyncio.TimeoutError:
+                    recent = [e["type"] for e in client.events[-6:]]
+                    tally.failures.append(f"{case.category}: {str(step.payload)[:160]!r}: no {step.expect} in "
+                                          f"time (last events: {recent})")
+                    return  # answers can no longer be matched one for one
                 if answer["type"] == "error":
                     tally.errors += 1
                     tally.codes[answer["error"].get("code")] += 1

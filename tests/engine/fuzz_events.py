@@ -36,7 +36,7 @@ TOO_LARGE = "event_too_large"
 class Step:
     """One frame to send and what must come back for it."""
 
-    payload: str | bytes
+    payload: str | bytes | None  # None: send nothing, only wait for `expect` (unless it came already)
     expect: str = "error"  # "error", or the server event type a well-formed setup event gets
     codes: frozenset[str] = frozenset()  # allowed error codes (empty: any code but server_error)
     event_id: str | None = None  # the id the error must echo (None: the event carried none it could echo)
@@ -93,6 +93,7 @@ class FuzzEvents:
             (self.item_reference, 8), (self.truncate, 8), (self.response_create, 8), (self.cancel, 4),
             (self.duplicate_item_id, 3), (self.truncate_past_the_end, 3), (self.deep_nesting, 2),
             (self.huge_strings, 3), (self.binary_frame, 4), (self.non_finite_numbers, 3),
+            (self.during_a_response, 4),
         ]
         weights = [w for _, w in makers]
         for _ in range(count):
@@ -358,6 +359,16 @@ class FuzzEvents:
         return Case("truncate_past_the_end", [Step(json.dumps(create), expect="conversation.item.created"),
                                               *truncate.steps])
 
+    def during_a_response(self) -> Case:
+        """Hostile events while a reply streams in the same session: answered between its deltas."""
+        makers = [self.bad_json, self.session_update, self.append, self.item_create, self.item_reference,
+                  self.truncate, self.binary_frame, self.non_finite_numbers]  # (no cancel: it would succeed)
+        steps = [Step(json.dumps({"type": "response.create", "response": {"max_output_tokens": 16}}),
+                      expect="response.created")]
+        for _ in range(self.rng.randrange(2, 6)):
+            steps += self.rng.choice(makers)().steps
+        return Case("during_a_response", [*steps, Step(None, expect="response.done")])
+
     # --- hostile shapes ----------------------------------------------------------------------------
 
     def deep_nesting(self) -> Case:
@@ -405,7 +416,8 @@ class FuzzEvents:
             except (ValueError, UnicodeDecodeError):
                 return Case("binary_frame", [Step(raw, codes=frozenset({INVALID_JSON}))])
             return self.binary_frame()
-        return self._event({"type": "response.cancel"}, "response_cancel_not_active", "binary_frame", binary=True)
+        return self._event({"type": "conversation.item.delete", "item_id": "item_nope"}, ITEM_NOT_FOUND,
+                           "binary_frame", binary=True)
 
     def non_finite_numbers(self) -> Case:
         """Python's JSON reader accepts NaN and Infinity; no number field may."""

@@ -106,3 +106,40 @@ async def test_a_client_that_does_not_read_is_not_read_either(served, monkeypatc
             answers.append(event["error"]["event_id"])
     assert answers == [f"f{i}" for i in range(count)]  # every one answered, in order, once it read again
     await ws.close()
+
+
+async def test_a_malformed_response_create_is_told_so_even_while_a_response_runs(client, served):
+    """The "response in progress" check came before the options were read: a malformed response.create sent
+    during a reply was answered conversation_already_has_active_response, hiding what was wrong with it."""
+    backend, _, _ = served
+    backend.step_s = 0.5
+    await client.send("response.create")
+    await client.expect("response.created")
+    await client.send("response.create", event_id="evt_bad", response={"temperature": 9})
+    error = (await client.expect("error"))["error"]
+    assert (error["code"], error["param"], error["event_id"]) == ("invalid_value", "session.temperature", "evt_bad")
+    await client.send("response.create", event_id="evt_good")
+    error = (await client.expect("error"))["error"]
+    assert (error["code"], error["event_id"]) == ("conversation_already_has_active_response", "evt_good")
+
+
+def test_two_replies_in_a_row_are_one_assistant_turn_to_the_model():
+    """Found on the real models: response.create twice in a row (or after an assistant item given as history)
+    failed the reply with model_failure, llama.cpp refusing "2 or more assistant messages at the end"."""
+    from engine.backends.base import ReplyRequest, Turn
+    from engine.llm.chat_model import ChatModel
+    from engine.llm.prompt import build_messages
+    from engine.models.store import ModelStore
+
+    turns = (Turn("user", "Tell me about leeks."), Turn("assistant", "Leeks are mild onions."),
+             Turn("user", ""), Turn("assistant", "They suit soups."))  # an inaudible turn in between is dropped
+    messages = build_messages(ReplyRequest("Be brief.", turns), 1024, 32)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant"]
+    assert messages[-1]["content"] == "Leeks are mild onions.\n\nThey suit soups."
+    model = ChatModel(ModelStore().resolve("smollm2-135m-instruct").file(), 1, 1024, slots=1)
+    try:
+        said: list[str] = []
+        model.stream(messages, slot=0, on_text=said.append, should_stop=lambda: False, max_tokens=8, seed=1)
+        assert "".join(said).strip()  # llama.cpp took the chat and answered
+    finally:
+        model.close()
