@@ -23,9 +23,11 @@ TOKEN = "fuzz-token"
 SCRIPTED_REPLY = " ".join(ScriptedBackend().phrases)
 MIB = 1024 * 1024
 # Server RSS growth allowed from after a warm-up pass (and a first reply) to the end; the fuzzed events total
-# ~300 MB. The real models' runtimes (llama.cpp, ONNX Runtime arenas) move by tens of MB between replies alone.
+# ~300 MB. With the real models RSS also grows with replies alone, within fixed bounds (llama.cpp's KV cache
+# pages become resident as conversations lengthen, in each slot a session replies in): the companion alone grew
+# 15.5 MiB in 15 replies; with the fuzzing beside it, 14-40 MiB was measured.
 SCRIPTED_RSS_LIMIT_MIB = 16
-REAL_RSS_LIMIT_MIB = 64
+REAL_RSS_LIMIT_MIB = 96
 
 
 def flood_events(prefix: str, count: int) -> list[str]:
@@ -108,7 +110,7 @@ async def test_fuzzing_the_server_on_the_real_embedded_models():
     but the session beside it gets real spoken replies, and the real backend's memory is watched."""
     with EngineProcess(["-m", "engine", "serve", "--port", "0", "--token", TOKEN,
                         "--llm", "smollm2-135m-instruct", "--seed", "1"]) as server:
-        figures = await fuzz(server, seed=11, cases=200, flood=1000, unread_flood=10_000, expected_reply=None,
-                             warm_up=100)
-        check(figures, min_generated=200, min_flood=11_000, min_replies=1, rss_limit_mib=REAL_RSS_LIMIT_MIB)
+        figures = await fuzz(server, seed=11, cases=150, flood=1000, unread_flood=10_000, expected_reply=None,
+                             warm_up=50)
+        check(figures, min_generated=150, min_flood=11_000, min_replies=1, rss_limit_mib=REAL_RSS_LIMIT_MIB)
         assert server.stop() == 0
