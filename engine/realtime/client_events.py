@@ -167,18 +167,11 @@ def _id(body: dict, key: str, param: str | None = None, *, required: bool = True
     return _bounded(value, MAX_ID_CHARS, param or key)
 
 
-def text_field(value: Any, param: str) -> str:
-    """A text the model reads (instructions, a transcript): a string within MAX_TEXT_CHARS."""
+def string_field(value: Any, param: str, limit: int) -> str:
+    """A string of at most `limit` characters (MAX_TEXT_CHARS for text the model reads, MAX_NAME_CHARS for a name)."""
     if not isinstance(value, str):
         raise ProtocolError(errors.INVALID_VALUE, f"`{param}` must be a string", param=param)
-    return _bounded(value, MAX_TEXT_CHARS, param)
-
-
-def name_field(value: Any, param: str) -> str:
-    """A short name (a voice): a string within MAX_NAME_CHARS."""
-    if not isinstance(value, str):
-        raise ProtocolError(errors.INVALID_VALUE, f"`{param}` must be a string", param=param)
-    return _bounded(value, MAX_NAME_CHARS, param)
+    return _bounded(value, limit, param)
 
 
 def _session_update(body: dict) -> None:
@@ -261,7 +254,7 @@ def _response_create(body: dict) -> None:
     if not response:
         return
     if response.get("instructions") is not None:
-        text_field(response["instructions"], "response.instructions")
+        string_field(response["instructions"], "response.instructions", MAX_TEXT_CHARS)
     conversation = response.get("conversation", "auto")
     if conversation not in ("auto", None):
         raise ProtocolError(errors.UNSUPPORTED, "only responses in the default conversation are supported",

@@ -27,6 +27,7 @@ MAX_SESSIONS = 16
 # TCP pushes back on it instead of the engine's memory growing (a reply's own audio is bounded by the reply).
 OUTBOX_HIGH_WATER = 256
 
+
 def is_loopback(host: str) -> bool:
     if host.lower() in ("localhost", "localhost."):
         return True

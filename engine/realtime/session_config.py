@@ -15,7 +15,7 @@ from typing import Any
 
 from engine.audio.pcm import PROTOCOL_RATE
 from engine.realtime import errors
-from engine.realtime.client_events import name_field, text_field
+from engine.realtime.client_events import MAX_NAME_CHARS, MAX_TEXT_CHARS, string_field
 from engine.realtime.errors import ProtocolError
 from engine.turns.detector import ServerVadSettings
 
@@ -106,7 +106,7 @@ def apply_update(config: SessionConfig, session: Any) -> SessionConfig:
         raise ProtocolError(errors.UNSUPPORTED, f"session type {kind!r} is not supported; use 'realtime'",
                             param="session.type")
     if "instructions" in session:
-        updated.instructions = text_field(session["instructions"], "session.instructions")
+        updated.instructions = string_field(session["instructions"], "session.instructions", MAX_TEXT_CHARS)
     if "output_modalities" in session:
         updated.output_modalities = _modalities(session["output_modalities"], "session.output_modalities")
     if "modalities" in session:  # beta: ["text", "audio"] means audio with its transcript
@@ -120,7 +120,7 @@ def apply_update(config: SessionConfig, session: Any) -> SessionConfig:
     if "temperature" in session:
         updated.temperature = _number(session["temperature"], "session.temperature", 0.0, 2.0)
     if "voice" in session:
-        updated.voice = name_field(session["voice"], "session.voice") or config.voice
+        updated.voice = string_field(session["voice"], "session.voice", MAX_NAME_CHARS) or config.voice
     for key in ("input_audio_format", "output_audio_format"):
         if key in session:
             _audio_format(session[key], f"session.{key}")
@@ -155,7 +155,7 @@ def _apply_audio(updated: SessionConfig, previous: SessionConfig, audio: dict[st
             voice = audio_out["voice"]
             if isinstance(voice, dict):  # {"id": "..."} custom voice form
                 voice = voice.get("id")
-            updated.voice = name_field(voice, "session.audio.output.voice") or previous.voice
+            updated.voice = string_field(voice, "session.audio.output.voice", MAX_NAME_CHARS) or previous.voice
         if "speed" in audio_out and audio_out["speed"] is not None:
             updated.speed = _number(audio_out["speed"], "session.audio.output.speed", 0.25, 4.0)
 

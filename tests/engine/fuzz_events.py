@@ -192,7 +192,8 @@ class FuzzEvents:
             ({"session": {"type": "realtime", "audio": {"input": wrong(None)}}}, {INVALID_VALUE}),
             ({"session": {"type": "realtime", "audio": {"output": wrong(None)}}}, {INVALID_VALUE}),
             ({"session": {"type": "realtime", "audio": {"input": {"format": {
-                "type": "audio/pcm", "rate": rng.choice([8000, 16000, 44100, 48000, 0, -24000, "24000", [], 24001])}}}}},
+                "type": "audio/pcm",
+                "rate": rng.choice([8000, 16000, 44100, 48000, 0, -24000, "24000", [], 24001])}}}}},
              {INVALID_VALUE}),
             ({"session": {"type": "realtime", "audio": {rng.choice(["input", "output"]): {"format": rng.choice([
                 {"type": "audio/pcmu"}, {"type": "audio/pcma"}, {"type": "audio/mp3"}, {}, "wav", 1, [],

@@ -68,7 +68,8 @@ async def fuzz(server: EngineProcess, *, seed: int, cases: int, flood: int, unre
     await after_all.close()
     return {
         "events_sent": tally.hostile_sent, "generated_events_sent": generated,
-        "flood_events_sent": tally.hostile_sent - generated, "setup_events_sent": tally.setup_sent, "errors_returned": tally.errors,
+        "flood_events_sent": tally.hostile_sent - generated, "setup_events_sent": tally.setup_sent,
+        "errors_returned": tally.errors,
         "closes": {str(code): n for code, n in tally.closes.items()}, "unanswered": tally.unanswered,
         "failures": tally.failures[:20], "error_codes": dict(tally.codes.most_common()),
         "categories": dict(tally.categories.most_common()),

@@ -16,6 +16,7 @@ import stat
 import threading
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -191,8 +192,7 @@ async def test_an_allowed_origin_connects_and_no_other(vad_detectors):
         await server.stop()
 
 
-def handshake_status(url: str, host: str, token: str, path: str = "/v1/realtime") -> int:
-    port = int(url.split(":")[2].split("/")[0])
+def handshake_status(port: int, host: str, token: str, path: str = "/v1/realtime") -> int:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     connection.request("GET", path, headers={
         "Host": host, "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
@@ -207,10 +207,10 @@ def handshake_status(url: str, host: str, token: str, path: str = "/v1/realtime"
     ("127.0.0.1:{port}", 101), ("localhost:{port}", 101), ("[::1]:{port}", 101)])
 def test_dns_rebinding_is_refused_by_host_name(engine, host, status):
     """A page whose DNS name was rebound to 127.0.0.1 still sends its own name as Host (and as Origin)."""
-    port = engine.url.split(":")[2].split("/")[0]
-    assert handshake_status(engine.url, host.format(port=port), engine.token) == status
+    port = urlsplit(engine.url).port
+    assert handshake_status(port, host.format(port=port), engine.token) == status
     if status == 403:
-        assert handshake_status(engine.url, host.format(port=port), engine.token, "/healthz") == 403
+        assert handshake_status(port, host.format(port=port), engine.token, "/healthz") == 403
 
 
 async def test_no_network_and_nothing_written_while_answering_speech_and_a_screen(engine):
