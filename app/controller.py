@@ -29,6 +29,10 @@ class EnginePort(Protocol):
     def update_session(self, event: dict) -> None: ...  # sent now and again on every reconnect
 
 
+# SpeakerPort.cancel(UNANNOUNCED): the reply asked for and not announced yet (app.audio.playback.UNANNOUNCED).
+UNANNOUNCED = ""
+
+
 class SpeakerPort(Protocol):
     def cancel(self, response_id: str) -> float: ...  # silences it now; returns how much was heard (ms)
     def flush(self) -> object: ...
@@ -64,6 +68,7 @@ class _Reply:
     text: str = ""
     cancelled: bool = False
     done: bool = False
+    has_audio: bool = False  # audio of it was sent (it went straight to the speaker)
 
 
 @dataclass
@@ -74,8 +79,10 @@ class _Facts:
     talk_held: bool = False  # push-to-talk key or button is down
     one_shot: bool = False  # a screen question: listen hands-free for one turn
     awaiting_reply: bool = False  # a turn was committed; no response yet
+    cut_unseen: bool = False  # the person stopped the awaited reply before it was announced: cut it then
     reply: _Reply | None = None  # the response in flight
     playing: str | None = None  # response id whose audio is playing
+    queued: str | None = None  # a reply the engine finished before its first sound played: it is on its way
     replies: dict[str, _Reply] = field(default_factory=dict)  # not settled yet: in flight, playing, being cut
 
 
@@ -152,6 +159,7 @@ class Controller(QObject):
         """A (new) engine session: its conversation is empty, so it is re-seeded from the history."""
         f = self._facts
         f.connected, f.failure = True, ""
+        f.cut_unseen = False
         self._session_items.clear()  # a new session starts empty; the seeded items are announced again
         if self._history is not None:
             for item in self._history.as_conversation_items():
@@ -163,7 +171,8 @@ class Controller(QObject):
         was_connected = f.connected
         f.connected = False
         self._speaker.flush()
-        f.playing, f.reply, f.awaiting_reply, f.one_shot = None, None, False, False
+        f.playing, f.queued, f.reply, f.awaiting_reply, f.one_shot = None, None, None, False, False
+        f.cut_unseen = False
         f.replies.clear()
         if was_connected:
             self.message.emit(f"Lost the engine ({reason}); reconnecting…", True)
@@ -262,14 +271,14 @@ class Controller(QObject):
         self._engine.update_session(self._session())
 
     def stop_speaking(self) -> None:
-        self._interrupt("stop")
+        self._interrupt("stop", awaited_too=True)
         self._refresh()
 
     def new_conversation(self) -> None:
         """Forget the conversation: here, in the saved history, and in the engine's session (each item
         it holds is deleted, screenshots included), so the next turn starts with nothing before it."""
         f = self._facts
-        self._interrupt("a new conversation")
+        self._interrupt("a new conversation", awaited_too=True)
         for item_id in self._session_items:
             self._engine.send({"type": "conversation.item.delete", "item_id": item_id})
         self._session_items.clear()
@@ -290,11 +299,15 @@ class Controller(QObject):
             self._cut_reply(response_id)
         self._refresh()
 
-    def _interrupt(self, why: str) -> None:
-        """Whatever is playing or being generated stops now: silence first, then tell the engine."""
+    def _interrupt(self, why: str, awaited_too: bool = False) -> None:
+        """Whatever is playing or being generated stops now: silence first, then tell the engine.
+        `awaited_too`: a reply asked for but not announced yet is cut the moment it is."""
         f = self._facts
-        target = f.playing or (f.reply.response_id if f.reply and not f.reply.done else None)
+        target = f.playing or f.queued or (f.reply.response_id if f.reply and not f.reply.done else None)
         if target is None:
+            if awaited_too and f.awaiting_reply:
+                f.cut_unseen, f.awaiting_reply = True, False
+                self._speaker.cancel(UNANNOUNCED)  # its audio may reach the speaker before its id reaches us
             return
         log.info("interrupting %s (%s)", target, why)
         self._speaker.cancel(target)
@@ -313,25 +326,33 @@ class Controller(QObject):
             if not reply.done:
                 self._engine.send({"type": "response.cancel", "response_id": response_id})
             if reply.item_id:
-                self._engine.send({"type": "conversation.item.truncate", "item_id": reply.item_id,
-                                   "content_index": 0, "audio_end_ms": heard_ms})
-                self._engine.send({"type": "conversation.item.retrieve", "item_id": reply.item_id})
+                self._truncate(reply, heard_ms)
         if f.playing == response_id:
             f.playing = None
+        if f.queued == response_id:
+            f.queued = None
+
+    def _truncate(self, reply: _Reply, heard_ms: int) -> None:
+        """The engine keeps only what was heard of a cut reply; its text comes back (item retrieved)."""
+        self._engine.send({"type": "conversation.item.truncate", "item_id": reply.item_id,
+                           "content_index": 0, "audio_end_ms": heard_ms})
+        self._engine.send({"type": "conversation.item.retrieve", "item_id": reply.item_id})
 
     # --- audio feedback --------------------------------------------------------------------------------
 
     def playback_started(self, response_id: str) -> None:
-        reply = self._facts.reply
-        if reply is None or reply.response_id != response_id or reply.cancelled:
+        f = self._facts
+        if f.queued == response_id:
+            f.queued = None
+        elif f.reply is None or f.reply.response_id != response_id or f.reply.cancelled:
             return  # audio of a reply already cut: never let it claim the speaker
-        self._facts.playing = response_id
+        f.playing = response_id
         self._refresh()
 
     def playback_drained(self, response_id: str) -> None:
         f = self._facts
-        if f.playing == response_id:
-            f.playing = None
+        if response_id in (f.playing, f.queued):
+            f.playing = f.queued = None
             reply = f.replies.get(response_id)
             if reply is not None and reply.done and not reply.cancelled:
                 del f.replies[response_id]  # fully heard: settled
@@ -383,14 +404,24 @@ class Controller(QObject):
             f.reply.done = True
             if f.playing != f.reply.response_id:
                 f.replies.pop(f.reply.response_id, None)
+        if f.queued is not None:  # never started: the new reply's audio takes the speaker from it
+            f.replies.pop(f.queued, None)
+            f.queued = None
         f.reply, f.awaiting_reply = _Reply(response_id), False
         f.replies[response_id] = f.reply
+        if f.cut_unseen:
+            f.cut_unseen = False
+            self._speaker.cancel(response_id)
+            self._cut_reply(response_id)
         self._refresh()
 
     def _on_output_item(self, event: dict) -> None:
-        reply = self._facts.reply
-        if reply and reply.response_id == event.get("response_id"):
-            reply.item_id = event.get("item", {}).get("id")
+        reply = self._facts.replies.get(event.get("response_id"))
+        if reply is None or reply.item_id:
+            return
+        reply.item_id = event.get("item", {}).get("id")
+        if reply.cancelled and reply.item_id:  # cut before its item was announced
+            self._truncate(reply, int(self._speaker.heard_ms(reply.response_id)))
 
     def _on_reply_text(self, event: dict) -> None:
         reply = self._facts.reply
@@ -412,10 +443,17 @@ class Controller(QObject):
         elif not reply.cancelled:  # a cut reply settles when its heard text comes back (item retrieved)
             self.assistant_finished.emit(reply.response_id, reply.text, False)
             self._record("assistant", reply.text, reply.item_id or reply.response_id)
-            if f.playing != reply.response_id:
+            if reply.has_audio and f.playing != reply.response_id:
+                f.queued = reply.response_id  # its sound is still on its way: a stop must find it
+            elif f.playing != reply.response_id:
                 f.replies.pop(reply.response_id, None)
                 self._end_one_shot()  # nothing (more) to play
         self._refresh()
+
+    def _on_audio(self, event: dict) -> None:
+        reply = self._facts.replies.get(event.get("response_id"))
+        if reply is not None:
+            reply.has_audio = True
 
     def _on_item_retrieved(self, event: dict) -> None:
         item = event.get("item") or {}
@@ -441,7 +479,8 @@ class Controller(QObject):
         if error.get("code") in ("response_cancel_not_active",):
             return  # the reply finished just as we cancelled it: nothing went wrong
         self.message.emit(f"The engine said: {error.get('message', 'unknown error')}", True)
-        self._facts.awaiting_reply = False  # a refused turn gets no reply; never wait for one
+        f = self._facts
+        f.awaiting_reply = f.cut_unseen = False  # a refused turn gets no reply; never wait for one (or cut it)
         self._refresh()
 
     _EVENTS = {
@@ -451,6 +490,8 @@ class Controller(QObject):
         "conversation.item.input_audio_transcription.completed": _on_transcript,
         "response.created": _on_response_created,
         "response.output_item.added": _on_output_item,
+        "response.output_audio.delta": _on_audio,
+        "response.audio.delta": _on_audio,
         "response.output_audio_transcript.delta": _on_reply_text,
         "response.audio_transcript.delta": _on_reply_text,
         "response.output_text.delta": _on_reply_text,

@@ -35,6 +35,9 @@ DEFAULT_PREBUFFER_MS = 60
 # PulseAudio's ALSA plugin was seen to drop up to ~2 ms at the start of a stream: play silence first.
 STREAM_WARMUP_MS = 20
 _HISTORY = 64  # responses remembered for played_ms and refusal after they end
+# cancel(UNANNOUNCED): the reply that was asked for and stopped before the app heard its id (the controller
+# names it the same way). Its audio may come first, straight from the network: it is refused all the same.
+UNANNOUNCED = ""
 
 
 class _Response:
@@ -154,6 +157,7 @@ class Speaker:
         self._stream = None
         self._reopen_wanted = False
         self._lost = False  # no device would open, or it went: replies are refused until one opens
+        self._cut_next = False  # the next new reply is the one cancelled as UNANNOUNCED
         self._rate = PROTOCOL_RATE  # the rate queued audio is kept at; the device's once opened
         self._latency = 0.0
         self._device_name = ""
@@ -252,8 +256,15 @@ class Speaker:
     def cancel(self, response_id: str) -> float:
         """Silence `response_id` now (the next callback plays none of it) and refuse its later audio.
         Returns the ms of it the person will have heard: what already left the device plus what is
-        inside the device's buffer and cannot be taken back."""
+        inside the device's buffer and cannot be taken back. UNANNOUNCED: the reply playing now, which
+        can only be that one, or else the next new one."""
         with self._lock:
+            if response_id == UNANNOUNCED:
+                if self._current is None:
+                    self._cut_next = True
+                    return 0.0
+                response_id = self._current.id
+            self._cut_next = False  # a reply is named: the one awaited is known now
             self._refuse(response_id)
             response = self._history.get(response_id)
             if response is None:
@@ -306,6 +317,10 @@ class Speaker:
         current = self._current
         if current is not None and current.id == response_id:
             return current
+        if self._cut_next:  # the reply stopped before it was announced
+            self._cut_next = False
+            self._refuse(response_id)
+            return None
         if current is not None:  # a new reply replaces the old one, whose stray audio stays out
             self._refuse(current.id)
             self._drop(current)

@@ -16,12 +16,11 @@ import pytest
 from app.state import AppState
 from tests.harness.pulse import IN_CI, pulse_audio, report  # noqa: F401 (a fixture)
 from tests.harness.tone_app import Seen, pump, tone_app
-from tests.harness.tone_engine import TONES, tones_per_frame
+from tests.harness.tone_engine import tone_frames, tones_per_frame
 
 # Replies of 10 phrases of 200 ms: 2 s to be cut into.
 ENGINE_ARGS = ["--phrases", "10", "--phrase-ms", "200", "--step-ms", "20"]
 RECOVERY_TIMEOUT_S = 15  # the device watcher and the retry timer look every 2 s
-TONE_PRESENT = 0.05
 
 
 def answer(qtbot, app, question: str) -> None:
@@ -35,7 +34,7 @@ def answer(qtbot, app, question: str) -> None:
 
 def tone_ms(audio: np.ndarray, question: int) -> float:
     """How long the reply to `question` was heard in a recording (10 ms frames holding its tone)."""
-    return 10.0 * float(np.count_nonzero(tones_per_frame(audio)[:, question % TONES] > TONE_PRESENT))
+    return 10.0 * float(np.count_nonzero(tone_frames(tones_per_frame(audio), question)))
 
 
 # --- the microphone -------------------------------------------------------------------------------
@@ -158,8 +157,7 @@ def test_default_speaker_unplugged_mid_reply_goes_on_on_the_next(pulse_audio, qt
             unplugged = time.monotonic()
             pulse_audio.unplug("spk")
             pump(qtbot, lambda: app.controller.state is AppState.LISTENING, 10, "the reply to end")
-            moved_at = on_headset.time_of(np.flatnonzero(tones_per_frame(on_headset.audio())[:, 1] > TONE_PRESENT)[0]
-                                          * 480)
+            moved_at = on_headset.time_of(np.flatnonzero(tone_frames(tones_per_frame(on_headset.audio()), 1))[0] * 480)
             answer(qtbot, app, "question 2")
             qtbot.wait(100)
         before, after = tone_ms(on_speaker.audio(), 1), tone_ms(on_headset.audio(), 1)

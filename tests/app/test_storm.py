@@ -18,22 +18,28 @@ import time
 
 import numpy as np
 
+from app.audio.playback import Speaker
+from app.controller import UNANNOUNCED
 from app.state import AppState
+from tests.app.test_controller import Rig
 from tests.harness.pulse import pulse_audio, report  # noqa: F401 (a fixture)
 from tests.harness.tone_app import Seen, link_task_count, pump, thread_names, tone_app
-from tests.harness.tone_engine import TONES, tones_per_frame
+from tests.harness.tone_engine import TONES, tone_frames, tones_per_frame
 
 INTERRUPTIONS = int(os.environ.get("STORM_N", 200))
 SEED = 7
-# A reply: 4 phrases of 100 ms, one every 20 ms: the engine runs ahead of playback, as a real one does.
-ENGINE_ARGS = ["--phrases", "4", "--phrase-ms", "100", "--step-ms", "20"]
-REPLY_MS = 400
+# A reply: its first sound 100 ms after it is announced (a real engine takes 300 ms and more), then 3 phrases
+# of 100 ms, one every 20 ms: the engine runs ahead of playback, as a real one does.
+ENGINE_ARGS = ["--phrases", "3", "--phrase-ms", "100", "--step-ms", "20", "--first-step-ms", "100"]
+REPLY_MS = 300
 # From the decision to cut to the last sample of it at the speaker: what the device already holds
 # (PortAudio's buffer through PulseAudio, ~10-30 ms here), one 10 ms analysis frame, and margin for a
 # late callback on a loaded machine. The measured worst case is reported.
 CUT_WINDOW_MS = 60
-STUCK_AFTER_S = 5.0  # not back to listening by then: stuck
-TONE_PRESENT = 0.05  # a 0.25 tone filling >= 20% of a 10 ms frame; leakage of the others stays below
+STUCK_AFTER_S = 5.0
+# Share of cuts made at once, before the app has even heard of the reply (response.created): only a stop
+# then (the stop key, the tray, `confide --stop`); the reply is cut the moment it is announced.
+RIGHT_AWAY = 0.1  # not back to listening by then: stuck
 FRAME = 480  # 10 ms at 48 kHz
 
 
@@ -73,21 +79,25 @@ def test_barge_in_storm(pulse_audio, qtbot, tmp_path, monkeypatch):
 
         asked: dict[int, float] = {}  # question -> when asked
         cuts: dict[int, tuple[float, str]] = {}  # question -> (when the cut was decided, how)
-        cycle_s, stuck = [], 0
+        cycle_s, stuck, unannounced = [], 0, 0
         with pulse_audio.record_speaker() as heard:
             n = 1
             asked[n] = time.monotonic()
             controller.submit_text(f"question {n}")
             while n <= INTERRUPTIONS:
                 began = asked[n]
-                pump(qtbot, lambda: len(seen.created) > n, 5, f"reply {n} to be created")
-                response_id = seen.created[n][1]
-                qtbot.wait(rng.randrange(0, REPLY_MS - 50))  # from before the first sound to near the end
-                how = rng.choice(("barge-in", "stop", "typing"))
+                if rng.random() < RIGHT_AWAY:
+                    how = "stop"
+                    unannounced += 1
+                else:
+                    pump(qtbot, lambda: len(seen.created) > n, 5, f"reply {n} to be announced")
+                    qtbot.wait(rng.randrange(0, REPLY_MS + 50))  # from before the first sound to near the end
+                    how = rng.choice(("barge-in", "stop", "typing"))
                 if how == "barge-in" and controller.state is not AppState.SPEAKING:
                     how = "stop"  # the detector listens only while a reply plays
                 cuts[n] = (time.monotonic(), how)
                 if how == "barge-in":  # what MicRouter does when the detector hears the person
+                    response_id = app.speaker.playing
                     app.speaker.cancel(response_id)
                     app.bridge.barge_in.emit(response_id, time.monotonic())
                 elif how == "stop":  # the stop hotkey, the tray, `confide --stop`
@@ -118,10 +128,9 @@ def test_barge_in_storm(pulse_audio, qtbot, tmp_path, monkeypatch):
             frame_time = heard.time_of(0) + np.arange(len(tones)) * FRAME / heard.rate
         late_ms, heard_before_cut, late_samples = [], 0, 0
         for q, (cut_at, _how) in cuts.items():
-            column = tones[:, q % TONES]
             # This reply's tone, from its question until the next question with the same tone.
             window = (frame_time >= asked[q]) & (frame_time < asked.get(q + TONES, np.inf))
-            playing = window & (column > TONE_PRESENT)
+            playing = window & tone_frames(tones, q)
             if np.any(playing & (frame_time < cut_at)):
                 heard_before_cut += 1
             if np.any(playing):
@@ -129,16 +138,17 @@ def test_barge_in_storm(pulse_audio, qtbot, tmp_path, monkeypatch):
                 late_ms.append(1000 * (frame_time[playing][-1] + 0.01 - cut_at))
             late = playing & (frame_time > cut_at + CUT_WINDOW_MS / 1000)
             late_samples += int(np.count_nonzero(late)) * FRAME
-        last = tones[:, final % TONES][frame_time >= asked[final]]
+        last = tone_frames(tones, final)[frame_time >= asked[final]]
 
         # --- nothing left behind ----------------------------------------------------------------------
         threads_after, tasks_after, engine_after = thread_names(), link_task_count(app), engine_counts(app)
         turns = app.history.turns
+        errors = [text for _, text, error in seen.messages if error]
 
     kinds = [how for _, how in cuts.values()]
     figures = {
         "interruptions": len(cuts), "barge_in": kinds.count("barge-in"), "stop": kinds.count("stop"),
-        "typing": kinds.count("typing"), "stuck": stuck, "heard_before_cut": heard_before_cut,
+        "typing": kinds.count("typing"), "stop_before_announced": unannounced, "stuck": stuck, "heard_before_cut": heard_before_cut,
         "cancelled_audio_samples_heard": late_samples, "cut_window_ms": CUT_WINDOW_MS,
         "cut_to_last_sample_ms_p50": round(statistics.median(late_ms), 1) if late_ms else None,
         "cut_to_last_sample_ms_max": round(max(late_ms), 1) if late_ms else None,
@@ -147,12 +157,13 @@ def test_barge_in_storm(pulse_audio, qtbot, tmp_path, monkeypatch):
         "leaked_engine_tasks": engine_after["tasks"] - engine_before["tasks"],
         "leaked_engine_threads": engine_after["threads"] - engine_before["threads"],
         "s_per_interruption": round(statistics.mean(cycle_s), 3),
+        "errors_shown": len(errors),
     }
     report("storm", json.dumps(figures))
-    assert stuck == 0
+    assert stuck == 0 and errors == [], errors
     assert late_samples == 0, figures
-    assert heard_before_cut > INTERRUPTIONS // 2, figures  # the check saw the replies: most were heard, then cut
-    assert np.count_nonzero(last > TONE_PRESENT) * 10 > REPLY_MS - 50, "the last reply did not play to its end"
+    assert heard_before_cut > INTERRUPTIONS // 3, figures  # the check saw the replies: many were heard, then cut
+    assert np.count_nonzero(last) * 10 > REPLY_MS - 30, "the last reply did not play to its end"
     assert threads_after == threads_before
     assert tasks_after == tasks_before
     assert engine_after == engine_before
@@ -163,3 +174,74 @@ def test_barge_in_storm(pulse_audio, qtbot, tmp_path, monkeypatch):
     cut_replies = [t for t in turns if t.role == "assistant" and t.interrupted]
     assert len(cut_replies) <= INTERRUPTIONS and not [t for t in turns if t.role == "assistant" and not t.text
                                                        and not t.interrupted]
+
+
+def test_a_stop_before_the_reply_is_announced_cuts_it_when_it_is(qtbot):
+    """The storm's cuts "before announced", in small: the stop key pressed between asking and the engine's
+    response.created. The reply is cut on arrival (silenced, cancelled, truncated once its item is known),
+    and the next question's reply is not."""
+    rig = Rig()
+    rig.controller.engine_connected()
+    rig.controller.submit_text("what time is it")
+    rig.controller.stop_speaking()
+    assert rig.speaker.cancelled == [UNANNOUNCED] and rig.state is AppState.IDLE
+    rig.event("response.created", response={"id": "resp_1"})
+    assert rig.speaker.cancelled == [UNANNOUNCED, "resp_1"] and rig.state is AppState.IDLE
+    assert rig.engine.of_type("response.cancel")[-1]["response_id"] == "resp_1"
+    rig.event("response.output_item.added", response_id="resp_1", item={"id": "item_1"})
+    truncate = rig.engine.of_type("conversation.item.truncate")[-1]
+    assert (truncate["item_id"], truncate["audio_end_ms"]) == ("item_1", rig.speaker.heard_ms_value)
+    rig.controller.playback_started("resp_1")  # its audio, should any come, cannot claim the speaker
+    rig.event("response.done", response={"id": "resp_1", "status": "cancelled"})
+    rig.event("conversation.item.retrieved", item={"id": "item_1", "content": [{"transcript": ""}]})
+    assert rig.state is AppState.IDLE and not rig.controller._facts.replies
+    rig.controller.submit_text("and now?")
+    rig.event("response.created", response={"id": "resp_2"})
+    assert rig.speaker.cancelled == [UNANNOUNCED, "resp_1"] and rig.state is AppState.THINKING
+
+
+def test_the_speaker_refuses_the_reply_stopped_before_it_was_announced():
+    """Its audio comes straight from the network and may reach the speaker before or after the stop."""
+    speaker = Speaker()  # no device needed: what it accepts is decided before anything plays
+    tone = np.zeros(2400, np.float32)
+    assert speaker.cancel(UNANNOUNCED) == 0.0  # nothing of it here yet: the next new reply is the one
+    assert not speaker.push("resp_1", tone) and not speaker.push("resp_1", tone)
+    assert speaker.push("resp_2", tone)  # only that one
+    speaker.cancel(UNANNOUNCED)  # its audio came first: it is the reply queued now
+    assert speaker.playing is None and not speaker.push("resp_2", tone)
+    assert speaker.push("resp_3", tone)
+    speaker.cancel("resp_3")
+    speaker.cancel(UNANNOUNCED)
+    speaker.cancel("resp_4")  # announced after all, and cut by its id: nothing else is refused
+    assert speaker.push("resp_5", tone)
+
+
+def finished_before_its_first_sound(rig: Rig, response_id: str) -> None:
+    rig.event("response.created", response={"id": response_id})
+    rig.event("response.output_item.added", response_id=response_id, item={"id": f"item_{response_id}"})
+    rig.event("response.output_audio.delta", response_id=response_id, item_id=f"item_{response_id}")
+    rig.event("response.done", response={"id": response_id, "status": "completed"})
+
+
+def test_a_reply_finished_before_its_first_sound_is_still_heard_and_can_be_stopped(qtbot):
+    """A short reply is often complete before its first sample plays: it still claims the speaker (the
+    barge-in detector listens) and a stop still finds it."""
+    rig = Rig()
+    rig.controller.engine_connected()
+    rig.controller.submit_text("hi")
+    finished_before_its_first_sound(rig, "resp_1")
+    rig.controller.playback_started("resp_1")
+    assert rig.state is AppState.SPEAKING and rig.mic.guarding == "resp_1"
+    rig.controller.playback_drained("resp_1")
+    assert rig.state is AppState.IDLE and not rig.controller._facts.replies
+
+    rig.controller.submit_text("and again")
+    finished_before_its_first_sound(rig, "resp_2")
+    rig.controller.stop_speaking()
+    assert rig.speaker.cancelled == ["resp_2"]
+    assert rig.engine.of_type("conversation.item.truncate")[-1]["item_id"] == "item_resp_2"
+    rig.controller.playback_started("resp_2")  # too late: it was stopped
+    assert rig.state is AppState.IDLE
+    rig.event("conversation.item.retrieved", item={"id": "item_resp_2", "content": [{"transcript": "Hel"}]})
+    assert rig.history.turns["item_resp_2"] == ("assistant", "Hel", True, False)
+    assert not rig.controller._facts.replies

@@ -85,7 +85,7 @@ class _Session(BackendSession):
         tone = (0.25 * np.sin(2 * np.pi * tone_hz(n) * t)).astype(np.float32)
         words = f"Answer to question {n}.".split()
         for index in range(b.phrases):
-            await asyncio.sleep(b.step_ms / 1000)  # a model step: where a cancel lands
+            await asyncio.sleep((b.first_step_ms if index == 0 else b.step_ms) / 1000)  # where a cancel lands
             text = " ".join(words) if index == 0 else "and more."
             yield SpeechChunk(tone, text) if request.speak else TextDelta(text + " ")
 
@@ -94,8 +94,9 @@ class ToneBackend(Backend):
     name = "tone"
     model = "tone"
 
-    def __init__(self, phrases: int = 4, phrase_ms: int = 250, step_ms: int = 20):
+    def __init__(self, phrases: int = 4, phrase_ms: int = 250, step_ms: int = 20, first_step_ms: int | None = None):
         self.phrases, self.phrase_ms, self.step_ms = phrases, phrase_ms, step_ms
+        self.first_step_ms = step_ms if first_step_ms is None else first_step_ms  # the time to first audio
 
     def open_session(self) -> BackendSession:
         return _Session(self)
@@ -112,6 +113,14 @@ def tones_per_frame(audio48k: np.ndarray, frame_ms: int = 10) -> np.ndarray:
     return spectrum[:, bins]
 
 
+def tone_frames(tones: np.ndarray, n: int, present: float = 0.05) -> np.ndarray:
+    """Which frames of `tones_per_frame` hold the reply to question n: its tone is there (0.05: in at least
+    a fifth of the frame) and the strongest. A frame where one reply ends and another begins spills up to
+    ~0.04 of each into the columns between them, never more than the stronger of the two."""
+    column = tones[:, n % TONES]
+    return (column > present) & (column >= tones.max(axis=1))
+
+
 # --- the process ------------------------------------------------------------------------------------
 
 
@@ -122,7 +131,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from engine.realtime.server import REALTIME_PATH, RealtimeServer
 
     token = load_or_create_token(args.token_file)
-    backend = ToneBackend(args.phrases, args.phrase_ms, args.step_ms)
+    backend = ToneBackend(args.phrases, args.phrase_ms, args.step_ms, args.first_step_ms)
     server = RealtimeServer(backend, detector_factory(ModelStore()), token)
     port = await server.start("127.0.0.1", args.port)
     print(json.dumps({"event": "ready", "url": f"ws://127.0.0.1:{port}{REALTIME_PATH}", "model": "tone"}), flush=True)
@@ -159,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phrases", type=int, default=4)
     parser.add_argument("--phrase-ms", type=int, default=250)
     parser.add_argument("--step-ms", type=int, default=20)
+    parser.add_argument("--first-step-ms", type=int)
     return asyncio.run(_serve(parser.parse_args(argv)))
 
 
