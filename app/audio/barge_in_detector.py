@@ -9,7 +9,9 @@ Silero (VoiceActivity) on the microphone signal, judged three ways:
   against 11).
 - The echo reaches it (open speakers) and is cancelled: what the canceller leaves must never pass for
   the person, so the threshold is raised by ECHO_MARGIN. On the harness's saturating echo path (40
-  replies) 3 replies were taken for the person at the plain threshold, 1 at +0.2.
+  replies) 3 replies were taken for the person at the plain threshold, 1 at +0.2. But AEC3 removes the
+  person too while both talk, so a second Silero listens, at the person's own threshold, to what the
+  echo cannot explain (EchoCanceller.last_excess, see echo_excess.py); either one interrupts.
 - Half-duplex (the app found the canceller failing: the echo gets through): it also takes
   HALF_DUPLEX_MIN_SPEECH_MS of speech, longer than any burst of echo, so the person speaks up for a
   moment to interrupt.
@@ -33,8 +35,10 @@ HALF_DUPLEX_MIN_SPEECH_MS = 320
 class BargeInDetector:
     """`feed` and `reset` run on the capture worker (MicRouter's speech_onset and reset_speech_onset)."""
 
-    def __init__(self, voice_activity: VoiceActivity, canceller: EchoCanceller, threshold: float):
+    def __init__(self, voice_activity: VoiceActivity, canceller: EchoCanceller, threshold: float,
+                 excess_activity: VoiceActivity | None = None):
         self._vad = voice_activity
+        self._excess_vad = excess_activity or VoiceActivity()
         self._canceller = canceller
         self.threshold = threshold  # the person's sensitivity, as a Silero threshold
         self.half_duplex = False  # set by the app when the canceller fails for good
@@ -50,13 +54,22 @@ class BargeInDetector:
 
     def feed(self, chunk) -> bool:
         vad = self._vad
-        if self._canceller.echo_heard():  # what the canceller leaves must never pass for the person
-            vad.threshold, vad.sure_threshold = self.strict_threshold, None
-            vad.min_speech_ms = HALF_DUPLEX_MIN_SPEECH_MS if self.half_duplex else DEFAULT_MIN_SPEECH_MS
-        else:
+        if not self._canceller.echo_heard():
             vad.threshold, vad.sure_threshold = self.threshold, self.sure_threshold
             vad.min_speech_ms = DEFAULT_MIN_SPEECH_MS
-        return vad.feed(chunk)
+            return vad.feed(chunk)
+        min_speech_ms = HALF_DUPLEX_MIN_SPEECH_MS if self.half_duplex else DEFAULT_MIN_SPEECH_MS
+        # What the canceller leaves must never pass for the person.
+        vad.threshold, vad.sure_threshold, vad.min_speech_ms = self.strict_threshold, None, min_speech_ms
+        onset = vad.feed(chunk)
+        excess = self._canceller.last_excess
+        if excess is not None:
+            excess_vad = self._excess_vad
+            excess_vad.threshold, excess_vad.sure_threshold = self.threshold, None
+            excess_vad.min_speech_ms = min_speech_ms
+            onset |= excess_vad.feed(excess)
+        return onset
 
     def reset(self) -> None:
         self._vad.reset()
+        self._excess_vad.reset()

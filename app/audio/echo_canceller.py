@@ -19,6 +19,7 @@ import numpy as np
 from pywebrtc_audio import AudioProcessor
 
 from app.audio.capture import PROTOCOL_RATE
+from app.audio.echo_excess import EchoExcess
 from app.audio.echo_reference import PlayedAudio
 
 FRAME = PROTOCOL_RATE // 100  # AEC3 works in 10 ms frames
@@ -153,6 +154,11 @@ class EchoCanceller:
         self._absent_checks = 0  # checks in a row that found no echo
         self._playing_frames = 0
         self._recent_far = _Recent(round(RECENT_S * PROTOCOL_RATE))
+        self._echo_lag: int | None = None  # samples from the reference to its echo, once a check found it
+        self._excess: EchoExcess | None = None
+        # The part of the frame just handed on that the echo cannot explain (EchoExcess; None where not
+        # known): read by the barge-in detector on this same thread, during on_audio.
+        self.last_excess: np.ndarray | None = None
         self.cpu_s = 0.0  # spent inside AEC3
         self.frames_cancelled = 0
 
@@ -189,7 +195,9 @@ class EchoCanceller:
             frame, frame_start = self._pending[:FRAME], self._pending_time
             self._pending = self._pending[FRAME:]
             self._pending_time += FRAME / PROTOCOL_RATE
-            self._on_audio(self._cancel(frame, frame_start), frame_start)
+            cleaned = self._cancel(frame, frame_start)
+            self._on_audio(cleaned, frame_start)
+            self.last_excess = None
 
     def _place(self, chunk: np.ndarray, capture_time: float) -> float:
         """Where `chunk` starts on a steady timeline. Each block's reported capture time jitters by a
@@ -212,26 +220,28 @@ class EchoCanceller:
         self._processor = None
         self._echo_present = None
         self._absent_checks = 0
+        self._echo_lag = self._excess = None
 
     def echo_heard(self) -> bool:
         """Whether the speaker's sound reaches the microphone (open speakers, not headphones). Until a
         second of playback has shown it, yes: the safe guess."""
         return self.enabled and self._echo_present is not False
 
-    def _likeness(self, recent: _Recent, span_s: float) -> float:
+    def _likeness(self, recent: _Recent, span_s: float) -> tuple[float, int]:
         """How much the last `span_s` of `recent` looks like an echo of what was played: the highest
-        normalised correlation with the played audio at any lag up to MAX_ECHO_LAG_S (0..1)."""
+        normalised correlation with the played audio at any lag up to MAX_ECHO_LAG_S (0..1), and that
+        lag in samples."""
         if not self._recent_far.filled:
-            return 0.0
+            return 0.0, 0
         length = round(span_s * PROTOCOL_RATE)
         heard = recent.last(length).astype(np.float64)
         far = self._recent_far.last(length + round(MAX_ECHO_LAG_S * PROTOCOL_RATE)).astype(np.float64)
         if len(heard) < 2 or len(far) < len(heard):
-            return 0.0
+            return 0.0, 0
         heard -= heard.mean()
         energy = float(np.dot(heard, heard))
         if energy <= 0.0:
-            return 0.0
+            return 0.0, 0
         # Full rate, by FFT: decimating without a filter aliased the treble differently at every lag,
         # and a full-band echo then scored as unlike the reply as a stranger's voice.
         size = 1 << int(np.ceil(np.log2(len(far) + len(heard))))
@@ -240,16 +250,22 @@ class EchoCanceller:
         squares = np.concatenate(([0.0], np.cumsum(far * far)))
         window_energy = squares[len(heard):] - squares[:-len(heard)]
         scores = np.abs(products) / np.sqrt(energy * np.maximum(window_energy, 1e-12))
-        return float(np.clip(scores.max(), 0.0, 1.0))
+        best = int(np.argmax(scores))
+        return float(np.clip(scores[best], 0.0, 1.0)), len(far) - len(heard) - best
 
     def _judge_presence(self) -> None:
         heard = self._recent_near.last(round(PRESENCE_SPAN_S * PROTOCOL_RATE))
         if float(np.dot(heard, heard)) / max(1, len(heard)) < AUDIBLE_ECHO:
             self._echo_present, self._absent_checks = False, ABSENT_CHECKS  # the microphone heard nothing
             return
-        likeness = self._likeness(self._recent_near, PRESENCE_SPAN_S)
+        likeness, lag = self._likeness(self._recent_near, PRESENCE_SPAN_S)
         if likeness >= ECHO_PRESENT:
             self._echo_present, self._absent_checks = True, 0
+            # A new delay (the sound server's latency changed) keeps the learnt path: its gains per
+            # frequency do not depend on when the echo arrives.
+            self._echo_lag = lag
+            if self._excess is None:
+                self._excess = EchoExcess()
         elif likeness < ECHO_ABSENT:
             self._absent_checks += 1
             if self._absent_checks >= ABSENT_CHECKS:
@@ -270,6 +286,10 @@ class EchoCanceller:
         self.frames_cancelled += 1
         self._recent_near.add(frame)
         self._recent_far.add(far)
+        if self._excess is not None:
+            delayed_far = self._recent_far.last(self._echo_lag + FRAME)[:FRAME]
+            excess = self._excess.process(frame, delayed_far)
+            self.last_excess = excess if self._excess.ready else None
         if far.any():
             self._playing_frames += 1
             if self._playing_frames % PRESENCE_EVERY == 0:

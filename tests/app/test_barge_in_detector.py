@@ -21,6 +21,7 @@ class Vad:
 class Canceller:
     def __init__(self, heard: bool):
         self.heard = heard
+        self.last_excess = None
 
     def echo_heard(self) -> bool:
         return self.heard
@@ -63,3 +64,21 @@ def test_half_duplex_takes_sustained_speech_while_the_echo_is_heard():
     canceller.heard = False  # headphones: no echo to guard against
     detector.feed(None)
     assert vad.min_speech_ms == DEFAULT_MIN_SPEECH_MS and vad.sure_threshold == 0.8
+
+
+def test_with_echo_heard_what_the_echo_cannot_explain_is_judged_at_the_persons_own_threshold():
+    vad, excess_vad, canceller = Vad(), Vad(), Canceller(heard=True)
+    detector = BargeInDetector(vad, canceller, threshold=0.5, excess_activity=excess_vad)
+    excess_vad.onset = True
+    assert not detector.feed(None)  # no excess known yet (the echo's delay is not found): AEC3's output only
+    canceller.last_excess = "frame"
+    assert detector.feed(None)
+    assert (excess_vad.threshold, excess_vad.sure_threshold, vad.threshold) == (0.5, None, 0.7)
+    detector.half_duplex = True
+    detector.feed(None)
+    assert excess_vad.min_speech_ms == HALF_DUPLEX_MIN_SPEECH_MS
+    canceller.heard = False  # headphones: the raw microphone alone decides
+    excess_vad.onset, vad.onset = True, False
+    assert not detector.feed(None)
+    detector.reset()
+    assert (vad.resets, excess_vad.resets) == (1, 1)

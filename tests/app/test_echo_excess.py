@@ -1,0 +1,100 @@
+"""EchoExcess: what the microphone hears beyond the echo, on real speech through a synthetic small
+speaker (late, saturating, band-limited), with real Silero judging it. The same path on the harness's
+PulseAudio echo paths is tested in test_echo_cancellation.py and measured by `confide bench --aec`."""
+
+from __future__ import annotations
+
+import numpy as np
+import soxr
+
+from app.audio.echo_canceller import FRAME, EchoCanceller
+from app.audio.echo_excess import WARM_UP_FRAMES, EchoExcess
+from app.audio.echo_reference import PlayedAudio
+from app.audio.voice_activity import VoiceActivity
+from tests.speakers import say
+
+RATE = 24_000
+DELAY = round(0.05 * RATE)
+REPLY = ("Sure. The train to the airport leaves every twenty minutes from platform three. "
+         "Most people take about four hours to reach the top, depending on the weather.")
+
+
+def _small_speaker(audio: np.ndarray) -> np.ndarray:
+    """Overdriven (tanh at drive 4) and band-limited (about 300-4000 Hz), 50 ms late, quieter."""
+    driven = np.tanh(4.0 * audio)
+    narrow = soxr.resample(soxr.resample(driven, RATE, 8_000), 8_000, RATE)[:len(driven)]  # below 4 kHz
+    narrow = narrow - np.convolve(narrow, np.ones(40) / 40, mode="same")  # a crude high-pass
+    return np.concatenate([np.zeros(DELAY, np.float32), 0.3 * narrow])[:len(audio)].astype(np.float32)
+
+
+def _excess_of(near: np.ndarray, far: np.ndarray) -> np.ndarray:
+    excess = EchoExcess()
+    delayed = np.concatenate([np.zeros(DELAY, np.float32), far])
+    return np.concatenate([excess.process(near[i:i + FRAME], delayed[i:i + FRAME])
+                           for i in range(0, len(near) - FRAME + 1, FRAME)])
+
+
+def _onset(audio: np.ndarray, start: int, threshold: float = 0.5) -> int | None:
+    vad = VoiceActivity(threshold)
+    for i in range(start, len(audio) - FRAME + 1, FRAME):
+        if vad.feed(audio[i:i + FRAME]):
+            return i + FRAME
+    return None
+
+
+def _power_db(audio: np.ndarray) -> float:
+    return 10 * np.log10(max(float(np.mean(np.square(audio, dtype=np.float64))), 1e-20))
+
+
+def test_echo_alone_leaves_nothing_that_passes_for_speech():
+    reply = say(REPLY, "flite:slt")
+    echo = _small_speaker(reply)
+    excess = _excess_of(echo, reply)
+    learnt = WARM_UP_FRAMES * FRAME
+    assert _power_db(echo[learnt:]) - _power_db(excess[learnt:]) > 25
+    assert _onset(excess, learnt) is None
+
+
+def test_a_person_as_loud_as_the_echo_keeps_their_voice_and_is_heard_at_once():
+    reply = say(REPLY, "flite:slt")
+    echo = _small_speaker(reply)
+    person = say("Wait, stop, that is enough.", "flite:awb")
+    start = 3 * RATE
+    near = echo.copy()
+    loud = np.abs(echo[start:start + len(person)]) > 0.01
+    gain = np.sqrt(np.mean(np.square(echo[start:start + len(person)][loud])) / np.mean(np.square(person)))
+    near[start:start + len(person)] += gain * person
+    excess = _excess_of(near, reply)
+    # What is left while they talk is mostly them: within 6 dB of their own level.
+    assert _power_db(excess[start:start + len(person)]) > _power_db(gain * person) - 6
+    onset = _onset(excess, WARM_UP_FRAMES * FRAME)
+    first_sound = start + int(np.flatnonzero(np.abs(person) > 0.01 * np.abs(person).max())[0])
+    assert onset is not None and 0 <= (onset - first_sound) / RATE <= 0.3, onset
+
+
+class _Frames:
+    def __init__(self, canceller_box: list):
+        self.box, self.excess = canceller_box, []
+
+    def __call__(self, _chunk: np.ndarray, _time: float) -> None:
+        self.excess.append(self.box[0].last_excess)  # read during on_audio, as the barge-in detector does
+
+
+def test_the_canceller_finds_the_echo_delay_and_hands_on_the_excess_once_learnt():
+    reply = say(REPLY, "flite:slt")
+    echo = _small_speaker(reply)
+    played = PlayedAudio()
+    audio_48k = soxr.resample(reply, RATE, 48_000).astype(np.float32)
+    for i in range(0, len(audio_48k) - 240 + 1, 240):
+        played.played(audio_48k[i:i + 240].copy(), 100.0 + i / 48_000, 48_000, 960 + i)
+    box: list = []
+    frames = _Frames(box)
+    canceller = EchoCanceller(played, frames)
+    box.append(canceller)
+    for position in range(0, len(echo) - FRAME + 1, FRAME):
+        canceller.process(echo[position:position + FRAME], 100.0 + position / RATE)
+    assert canceller.last_excess is None  # only while a frame is handed on
+    known = [i for i, excess in enumerate(frames.excess) if excess is not None]
+    # The delay is found at the first presence check (1 s of playback), then the path takes 1.5 s to learn.
+    assert known and 240 <= known[0] <= 270 and known == list(range(known[0], len(frames.excess)))
+    assert abs(canceller._echo_lag - DELAY) <= 24  # within 1 ms
