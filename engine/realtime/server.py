@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 REALTIME_PATH = "/v1/realtime"
 MAX_SESSIONS = 16
 # Events waiting for a client that does not read: past this many, its next events are not read either, so
-# TCP pushes back on it instead of the engine's memory growing (a reply's own audio is bounded by the reply).
-OUTBOX_HIGH_WATER = 256
+# TCP pushes back on it instead of the engine's memory growing (~2 KB an event). A client that reads never gets
+# near it: the longest reply (60 s of speech) is ~1,300 events, and a cancel must never wait behind a reply.
+OUTBOX_HIGH_WATER = 2048
 
 
 def is_loopback(host: str) -> bool:

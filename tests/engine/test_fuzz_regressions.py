@@ -88,7 +88,7 @@ async def test_a_client_that_does_not_read_is_not_read_either(served, monkeypatc
     monkeypatch.setattr(ServerConnection, "send", stalled_send)
     monkeypatch.setattr(RealtimeSession, "handle", counting_handle)
     ws = await websockets.connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"})
-    count = 2_000
+    count = 3 * server_module.OUTBOX_HIGH_WATER
 
     async def flood() -> None:
         for i in range(count):
