@@ -13,6 +13,9 @@ and PulseAudio with a virtual microphone and speaker. In order:
 5. screen questions: known text on screen, the spoken question, its reply's first sound and its answer;
 6. optionally (`--engine-bench`), with the app stopped, `confide-engine bench` for the engine's own figure.
 
+`--soak` measures something else: an hour of conversation simulated at accelerated time, for memory
+growth and latency drift (app/bench/soak.py says what is real and what is accelerated).
+
 CPU and memory are the app process's own (this process), never the engine's, which is reported apart.
 """
 
@@ -69,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --aec: echo-only replies per echo path (default 50; two paths)")
     parser.add_argument("--doubletalk", type=int, default=12,
                         help="with --aec: double-talk trials per level and echo path (default 12)")
+    parser.add_argument("--soak", action="store_true",
+                        help="an hour of conversation at accelerated time instead: memory growth and latency "
+                             "drift, first ten minutes against the last (see app/bench/soak.py)")
+    parser.add_argument("--soak-minutes", type=float, default=60.0,
+                        help="with --soak: simulated minutes of conversation (default 60)")
+    parser.add_argument("--seed", type=int, default=7, help="with --soak: the script's and the replies' seed")
     parser.add_argument("-v", "--verbose", action="store_true", help="log the app's own messages")
     return parser
 
@@ -84,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     keep = args.work_dir is not None
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="confide-bench-"))
     try:
-        if args.aec:
+        if args.soak:
+            from app.bench import soak
+
+            results = soak.measure(args.soak_minutes, args.seed, work_dir, args.llm, _progress)
+        elif args.aec:
             from app.bench import aec
 
             results = aec.measure(args.aec_replies, args.doubletalk, work_dir)
