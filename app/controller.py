@@ -83,6 +83,7 @@ class _Facts:
     reply: _Reply | None = None  # the response in flight
     playing: str | None = None  # response id whose audio is playing
     queued: str | None = None  # a reply the engine finished before its first sound played: it is on its way
+    speaker_lost: bool = False  # the speaker failed and has not played since: replies show as text only
     replies: dict[str, _Reply] = field(default_factory=dict)  # not settled yet: in flight, playing, being cut
 
 
@@ -346,13 +347,16 @@ class Controller(QObject):
             f.queued = None
         elif f.reply is None or f.reply.response_id != response_id or f.reply.cancelled:
             return  # audio of a reply already cut: never let it claim the speaker
-        f.playing = response_id
+        f.playing, f.speaker_lost = response_id, False
         self._refresh()
 
     def playback_drained(self, response_id: str) -> None:
         f = self._facts
         if response_id in (f.playing, f.queued):
-            f.playing = f.queued = None
+            if f.playing == response_id:
+                f.playing = None
+            else:
+                f.queued = None
             reply = f.replies.get(response_id)
             if reply is not None and reply.done and not reply.cancelled:
                 del f.replies[response_id]  # fully heard: settled
@@ -363,6 +367,7 @@ class Controller(QObject):
         self.message.emit(f"{message} You can still type your questions.", True)
 
     def speaker_failed(self, message: str) -> None:
+        self._facts.speaker_lost = True
         self.message.emit(f"{message} Replies will show as text.", True)
 
     # --- engine events ---------------------------------------------------------------------------------
@@ -443,7 +448,7 @@ class Controller(QObject):
         elif not reply.cancelled:  # a cut reply settles when its heard text comes back (item retrieved)
             self.assistant_finished.emit(reply.response_id, reply.text, False)
             self._record("assistant", reply.text, reply.item_id or reply.response_id)
-            if reply.has_audio and f.playing != reply.response_id:
+            if reply.has_audio and not f.speaker_lost and f.playing != reply.response_id:
                 f.queued = reply.response_id  # its sound is still on its way: a stop must find it
             elif f.playing != reply.response_id:
                 f.replies.pop(reply.response_id, None)
