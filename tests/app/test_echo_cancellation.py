@@ -223,6 +223,6 @@ def test_echo_alone_never_interrupts_and_talking_over_the_reply_does(pulse_audio
                 played = heard.audio()
                 after = heard.index_at(rig.last_fired_at + 0.1)
                 assert after < len(played) - RATE // 2 and not np.abs(played[after:]).max() > 1e-4
-        print(f"{path}: ERLE {echo['erle_db']} dB over {ECHO_ONLY_REPLIES} replies")
+        print(f"{path}: ERLE {echo['erle_db']} dB, {echo['false_barge_ins']} false barge-ins over {ECHO_ONLY_REPLIES} replies")
     finally:
         rig.stop()
