@@ -17,7 +17,7 @@ import time
 from app.state import AppState
 from tests.app.test_supervisor import Recorded, is_gone, wait_until
 from tests.harness.pulse import pulse_audio, report  # noqa: F401 (a fixture)
-from tests.harness.tone_app import READY_TIMEOUT_S, Seen, ToneEngineSupervisor, pump, tone_app
+from tests.harness.tone_app import READY_TIMEOUT_S, Seen, ToneEngineSupervisor, answer, pump, tone_app
 
 KILLS = 20
 SEED = 11
@@ -25,13 +25,6 @@ ENGINE_ARGS = ["--phrases", "3", "--phrase-ms", "200", "--step-ms", "20"]
 # The supervisor's crash-loop guard counts only crashes within stable_after_s of the engine getting ready.
 # Here each engine serves that long before it is killed (scaled down from the default 30 s to fit a test).
 STABLE_AFTER_S = 1.0
-
-
-def answer(qtbot, app, question: str) -> None:
-    """Ask, and wait until the reply has played to its end."""
-    app.controller.submit_text(question)
-    pump(qtbot, lambda: app.controller.state is AppState.SPEAKING, 10, f"the reply to {question!r}")
-    pump(qtbot, lambda: app.controller.state is AppState.LISTENING, 10, f"the end of the reply to {question!r}")
 
 
 def saved_turns(app) -> list[dict] | None:
@@ -89,6 +82,9 @@ def test_twenty_kills_mid_reply_over_a_conversation(pulse_audio, qtbot, tmp_path
             recover_s.append(time.monotonic() - killed_at)
             assert supervisor.pid not in (None, pid) and is_gone(pid)
             assert_history_whole(qtbot, app, answered, asked, killed)
+            # The new engine session holds the conversation so far: every turn was seeded into it.
+            pump(qtbot, lambda: {t.item_id for t in app.history.turns}
+                 <= {item for at, item in seen.items if at > killed_at}, 5, "the new session to be seeded")
         q += 1
         answer(qtbot, app, f"question {q}")  # the last engine answers too
         asked.append(q)
@@ -96,7 +92,6 @@ def test_twenty_kills_mid_reply_over_a_conversation(pulse_audio, qtbot, tmp_path
         assert_history_whole(qtbot, app, answered, asked, killed)
         assert not supervisor.gave_up
         assert app.controller.state is AppState.LISTENING
-        # Each new engine session was given the conversation so far (seeded from the history).
         log = supervisor.log_path.read_text(encoding="utf-8")
         assert log.count("--- engine exited (killed by SIGKILL)") == KILLS
         lost = seen.said("lost the engine")

@@ -15,21 +15,12 @@ import pytest
 
 from app.state import AppState
 from tests.harness.pulse import IN_CI, pulse_audio, report  # noqa: F401 (a fixture)
-from tests.harness.tone_app import Seen, pump, tone_app
+from tests.harness.tone_app import Seen, answer, pump, tone_app
 from tests.harness.tone_engine import tone_frames, tones_per_frame
 
 # Replies of 10 phrases of 200 ms: 2 s to be cut into.
 ENGINE_ARGS = ["--phrases", "10", "--phrase-ms", "200", "--step-ms", "20"]
 RECOVERY_TIMEOUT_S = 15  # the device watcher and the retry timer look every 2 s
-
-
-def answer(qtbot, app, question: str) -> None:
-    """Ask, and wait until the reply is over (heard, or shown as text) and recorded."""
-    app.controller.submit_text(question)
-    pump(qtbot, lambda: app.controller.state is not AppState.LISTENING
-         or app.history.turns[-1].text.startswith(f"Answer to {question}."), 10, f"the reply to {question!r}")
-    pump(qtbot, lambda: app.controller.state is AppState.LISTENING
-         and app.history.turns[-1].text.startswith(f"Answer to {question}."), 10, f"the end of {question!r}")
 
 
 def tone_ms(audio: np.ndarray, question: int) -> float:

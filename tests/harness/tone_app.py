@@ -47,6 +47,7 @@ class Seen:
     def __init__(self, app: ConfideApp):
         self.messages: list[tuple[float, str, bool]] = []
         self.created: list[tuple[float, str]] = []  # response.created, in order: (time, response id)
+        self.items: list[tuple[float, str]] = []  # conversation.item.created: (time, item id)
         show = app.window.show_message  # every message for the person goes there (and errors to the tray too)
 
         def shown(text: str, error: bool = False) -> None:
@@ -59,6 +60,8 @@ class Seen:
     def _event(self, event: dict) -> None:
         if event.get("type") == "response.created":
             self.created.append((time.monotonic(), event["response"]["id"]))
+        elif event.get("type") == "conversation.item.created":
+            self.items.append((time.monotonic(), event["item"]["id"]))
 
     def said(self, *words: str, since: float = 0.0) -> list[str]:
         return [text for at, text, _ in self.messages if at >= since and all(w in text.lower() for w in words)]
@@ -91,6 +94,18 @@ def tone_app(qtbot, tmp_path: Path, monkeypatch, engine_args: list[str] = (), ha
         yield app
     finally:
         app.shutdown()
+
+
+def answer(qtbot, app: ConfideApp, question: str) -> None:
+    """Type `question` and wait until the reply is over (heard, or shown as text) and recorded."""
+    app.controller.submit_text(question)
+
+    def recorded() -> bool:
+        turns = app.history.turns
+        return bool(turns) and turns[-1].text.startswith(f"Answer to {question}.")
+
+    pump(qtbot, lambda: app.controller.state is not AppState.LISTENING or recorded(), 10, f"the reply to {question!r}")
+    pump(qtbot, lambda: app.controller.state is AppState.LISTENING and recorded(), 10, f"the end of {question!r}")
 
 
 def link_task_count(app: ConfideApp) -> int:
