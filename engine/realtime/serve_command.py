@@ -56,13 +56,17 @@ def add_omni_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--omni-max-tokens", type=int, default=256, help="longest reply in text tokens (default 256)")
     group.add_argument("--omni-max-speech-s", type=float, default=60.0,
                        help="longest spoken reply in seconds (default 60)")
+    group.add_argument("--omni-transcribe", action=argparse.BooleanOptionalAction, default=True,
+                       help="also transcribe the user's speech with Whisper, beside the model (default: on when "
+                            "whisper-tiny.en is on disk; never downloaded at run time)")
 
 
 def omni_arguments(args: argparse.Namespace) -> list[str]:
     """The same options as command-line arguments, for a `serve` started by another command (the bench)."""
     return ["--backend", "omni", "--omni-model", args.omni_model, "--omni-device", args.omni_device,
             "--omni-quantization", args.omni_quantization, "--omni-speaker", args.omni_speaker,
-            "--omni-max-tokens", str(args.omni_max_tokens), "--omni-max-speech-s", str(args.omni_max_speech_s)]
+            "--omni-max-tokens", str(args.omni_max_tokens), "--omni-max-speech-s", str(args.omni_max_speech_s),
+            "--omni-transcribe" if args.omni_transcribe else "--no-omni-transcribe"]
 
 
 def omni_settings(args: argparse.Namespace):
@@ -70,7 +74,8 @@ def omni_settings(args: argparse.Namespace):
 
     return OmniSettings(model=args.omni_model, device=args.omni_device, quantization=args.omni_quantization,
                         speaker=args.omni_speaker, max_reply_tokens=args.omni_max_tokens,
-                        max_speech_s=args.omni_max_speech_s, seed=getattr(args, "seed", None))
+                        max_speech_s=args.omni_max_speech_s, transcribe=args.omni_transcribe,
+                        seed=getattr(args, "seed", None))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ Per reply two threads run: the LM thread (thinker and talker, step by step) and 
 thread sends each chunk of audio to the event loop the moment it exists. Cancelling sets one flag that
 both threads read between steps, so no step starts after a cancel. One model serves every session: a
 lock lets one reply generate at a time (a second session's reply waits rather than halving both).
+The user's words are transcribed beside all this, by Whisper on its own thread (transcripts.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 
-import numpy as np
 import torch
 
 from engine.backends.base import (
@@ -40,6 +40,7 @@ from engine.backends.omni.settings import OmniSettings
 from engine.backends.omni.prompt import build_prompt
 from engine.backends.omni.spoken_text import SpokenText
 from engine.backends.omni.token2wav import ChunkSettings, Token2Wav
+from engine.backends.omni.transcripts import AudioOnlyListener, TranscribingListener, load_asr
 from engine.models.store import ModelStore
 from engine.runtime import inference_threads
 
@@ -62,6 +63,7 @@ class OmniBackend(Backend):
         self._closed = threading.Event()
         self.last_prompt = None
         self.last_speech: tuple[list[int], int] | None = None
+        self.asr = load_asr(settings, store)  # None: no input transcripts (off, or Whisper not on disk)
         log.info("omni backend ready in %.1f s: %s", self.loaded.load_seconds, self.model)
 
     def open_session(self) -> OmniSession:
@@ -72,6 +74,8 @@ class OmniBackend(Backend):
         request = ReplyRequest("", (), speak=True, max_output_tokens=3)
         run = _ReplyRun(self, request, ReplyStats(), None)
         run.run_inline(max_codes=4 * self._block_codes())
+        if self.asr is not None:
+            self.asr.warm_up()
 
     def next_seed(self) -> int:
         self._seed += 1
@@ -113,7 +117,9 @@ class OmniSession(BackendSession):
 
     def listen(self, context: ReplyRequest, on_partial: Callable[[str], None] | None = None) -> Listener:
         self._prefill_later(context)  # the history, while the user speaks: the reply then runs only their turn
-        return _AudioListener()
+        if self.backend.asr is None:
+            return AudioOnlyListener()
+        return TranscribingListener(self.backend.asr, on_partial)
 
     def _prefill_later(self, context: ReplyRequest) -> None:
         with self._prefill_lock:
@@ -165,20 +171,6 @@ class OmniSession(BackendSession):
                 yield output
         finally:
             run.stop()
-
-
-class _AudioListener(Listener):
-    """The omni model hears the committed audio itself (it reaches reply() in the turn), so there is no
-    separate transcription pass: the user's item carries audio and an empty transcript."""
-
-    def feed(self, audio: np.ndarray) -> None:
-        pass
-
-    async def transcript(self) -> str:
-        return ""
-
-    def close(self) -> None:
-        pass
 
 
 class _ReplyRun:

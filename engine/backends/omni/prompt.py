@@ -2,7 +2,8 @@
 
 The session has already cut each assistant turn to what the listener heard (truncate), so the model's
 history is exactly what was said and heard: nothing of a cancelled reply survives here. User audio goes in
-as audio (the thinker hears tone, not a transcript); screenshots go in as images.
+as audio (the thinker hears tone, not a transcript); a user turn whose audio the conversation has forgotten
+goes in as its transcript (transcripts.py); screenshots go in as images.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def _turn(turn: Turn, processors: Processors) -> _Segment | None:
     elif turn.text.strip():
         parts.append(turn.text.strip())
     if not parts:
-        return None  # e.g. an old user turn whose audio was forgotten and never transcribed
+        return None  # e.g. an old user turn whose audio was forgotten and never transcribed (transcription off)
     return _Segment(f"<|im_start|>{role}\n{''.join(parts)}<|im_end|>\n", audios, images)
 
 
