@@ -24,7 +24,6 @@ import ctranslate2
 import numpy as np
 import soxr
 import tokenizers
-from faster_whisper.feature_extractor import FeatureExtractor
 
 from engine.audio.pcm import PROTOCOL_RATE, resample
 from engine.runtime import inference_threads
@@ -167,7 +166,7 @@ class LogMelSpectrogram:
     """
 
     def __init__(self, n_mels: int):
-        filters = FeatureExtractor.get_mel_filters(SAMPLE_RATE, N_FFT, n_mels).astype(np.float32)
+        filters = mel_filters(n_mels).astype(np.float32)
         rows, self._bins = np.nonzero(filters)  # row-major: each filter's bins together, in order
         self._weights = filters[rows, self._bins][:, None]
         self._starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
@@ -184,6 +183,27 @@ class LogMelSpectrogram:
         mel = np.add.reduceat(power[self._bins] * self._weights, self._starts, axis=0)
         log_mel = np.log10(np.maximum(mel, 1e-10))
         return (np.maximum(log_mel, log_mel.max() - 8.0) + 4.0) / 4.0
+
+
+def mel_filters(n_mels: int) -> np.ndarray:
+    """[n_mels, N_FFT // 2 + 1] Slaney mel filters from 0 to 8 kHz, as Whisper (and faster-whisper) use.
+
+    Computed here rather than imported from faster_whisper, whose package import also loads PyAV (FFmpeg,
+    ~100 MB in the installers' bundle) and huggingface_hub, neither of which the engine uses.
+    """
+    fft_freqs = np.fft.rfftfreq(n=N_FFT, d=1.0 / SAMPLE_RATE)
+    linear_step, log_start_hz = 200.0 / 3, 1000.0  # Hz per mel below log_start_hz; above it, log-spaced
+    log_start_mel, log_step = log_start_hz / linear_step, np.log(6.4) / 27.0
+    max_mel = log_start_mel + np.log(SAMPLE_RATE / 2 / log_start_hz) / log_step
+    mels = np.linspace(0.0, max_mel, n_mels + 2)
+    freqs = np.where(mels < log_start_mel, linear_step * mels,
+                     log_start_hz * np.exp(log_step * (mels - log_start_mel)))
+    ramps = freqs[:, None] - fft_freqs[None, :]
+    widths = np.diff(freqs)
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    return weights * (2.0 / (freqs[2:] - freqs[:-2]))[:, None]  # about constant energy per filter
 
 
 def has_speech(vad: SileroVadModel, audio: np.ndarray) -> bool:

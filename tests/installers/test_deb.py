@@ -27,6 +27,9 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = Path("/opt/confide")
 HEAVY = ("torch", "transformers", "accelerate", "bitsandbytes", "torchvision", "torchaudio")
+# Never imported by the app or the embedded engine: faster-whisper's package import would pull PyAV (FFmpeg,
+# ~100 MB) and huggingface_hub's web stack.
+UNUSED = ("faster_whisper", "av", "huggingface_hub", "hf_xet", "httpx2", "pydantic")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +65,11 @@ def test_the_bundle_holds_no_torch_and_the_models_it_needs(built):
     assert heavy_files == [], heavy_files[:20]
     modules = bundle_modules(bundle / "confide")
     assert "engine.cli" in modules and "app.main" in modules and "app.doctor.command" in modules
-    assert [m for m in modules if m.split(".")[0] in HEAVY] == []
+    assert [m for m in modules if m.split(".")[0] in HEAVY + UNUSED] == []
+    top_level = [path.name for path in files if path.parent == Path("_internal")]
+    assert [name for name in top_level if name.split(".")[0] in UNUSED] == []  # the package, NAME.libs
+    # espeak-ng's pronunciation dictionaries: only English's (the catalog's voices all speak English).
+    assert sorted(path.name for path in files if path.name.endswith("_dict")) == ["en_dict"]
     # The default models travel inside it as their packages' files (the store finds them by package).
     names = {path.name for path in files}
     assert {"part01.bin", "part06.bin", "model.bin", "en_US-joe-medium.onnx", "silero_vad.onnx"} <= names
