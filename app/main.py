@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _prepare_models_then(start, llm: str, qt_app, quit=None) -> None:
     """First-run work (assembling or downloading models) in a progress window, then `start`. Cancelled, the
-    app quits (exit code 3) and the next start resumes; failed, it starts anyway and the engine's own
-    message says what is wrong."""
+    app quits (exit code 3) and the next start resumes; failed, the window says why and it starts anyway
+    (the engine's own message then says which model is missing)."""
     from app.first_run import EXIT_CANCELLED, ModelPreparation
     from app.ui.model_progress import ModelProgressDialog
 
@@ -118,7 +118,7 @@ def _prepare_models_then(start, llm: str, qt_app, quit=None) -> None:
         quit(EXIT_CANCELLED)
 
     def failed(message: str) -> None:
-        dialog.close_quietly()
+        dialog.show_failure(message)
         logging.getLogger(__name__).warning("model setup failed: %s", message)
         start()
 

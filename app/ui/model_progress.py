@@ -44,6 +44,23 @@ class ModelProgressDialog(QWidget):
     def fraction(self) -> float:
         return self.bar.value() / STEPS
 
+    def show_failure(self, message: str) -> None:
+        """The work failed: say why and stay up until the person closes it (Confide starts meanwhile, and
+        without a model the engine says so too, but only this window says why the model is missing)."""
+        self._finished = True
+        self.setWindowTitle("Confide could not set up its models")
+        self.heading.setText("Confide could not get its models ready:")
+        self.detail.setText(message)
+        self.detail.setWordWrap(True)
+        self.detail.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)  # to copy a command
+        self.bar.hide()
+        self.cancel_button.clicked.disconnect(self._cancel)
+        self.cancel_button.clicked.connect(self.close)
+        self.cancel_button.setText("Close")
+        self.cancel_button.setToolTip("")
+        self.cancel_button.setEnabled(True)
+        self.show()
+
     def close_quietly(self) -> None:
         """Close once the work has ended (done, failed or cancelled): not a cancel."""
         self._finished = True

@@ -101,7 +101,7 @@ def download(url: str, target: Path, sha256: str, size: int = 0, progress: bool 
         part.unlink()
         raise ChecksumMismatch(
             f"{url}: downloaded {target.name} has SHA-256 {got}, expected {sha256}; "
-            "the bad file was removed, fetch again (if it repeats, the server holds a different file)"
+            "the bad file was removed; try again (if it repeats, the server holds a different file)"
         )
     publish(part, target)
     return target
@@ -162,7 +162,7 @@ def _receive(url: str, part: Path, offset: int, size: int, progress: bool, timeo
     if received < expected:
         raise DownloadInterrupted(
             f"{url}: connection closed after {received} of {expected} bytes; "
-            f"fetch again to resume from {part}"
+            f"try again to resume from {part}"
         )
 
 
@@ -219,7 +219,7 @@ def _copy(response: http.client.HTTPResponse, out: BinaryIO, bar: tqdm, url: str
         try:
             block = response.read(CHUNK_BYTES)
         except (OSError, http.client.HTTPException) as error:
-            raise DownloadInterrupted(f"{url}: connection lost ({error}); fetch again to resume") from error
+            raise DownloadInterrupted(f"{url}: connection lost ({error}); try again to resume") from error
         if not block:
             return copied
         out.write(block)

@@ -11,6 +11,11 @@ dialog; in a terminal it draws the store's progress bars. `--verify` re-hashes e
 `--json` prints one JSON object per line on stdout: `plan` (the work, in bytes), `progress` (throttled),
 then one of `done`, `cancelled`, `error` (and `verify` with `--verify`). It cancels when stdin reads
 `cancel` or closes, so a parent can cancel the same way on every OS; in a terminal, Ctrl+C cancels.
+A cancel lands between blocks, within milliseconds; work that does not get there within CANCEL_GRACE_S
+(a download waiting on a server that has stopped sending) is cut short by ending the process, which
+loses nothing: what is on disk is a prefix that the next run continues.
+
+Downloads come from the catalog's URLs, or from a mirror: CONFIDE_MODELS_MIRROR (engine/models/store.py).
 
 Exit codes: 0 ready (or every file verified), 1 a model cannot be made ready (or a file does not match),
 3 cancelled.
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -37,6 +43,7 @@ from engine.models.store import (
 
 EXIT_READY, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
 REPORT_EVERY_S = 0.1  # progress lines a dialog can follow smoothly, without flooding the pipe
+CANCEL_GRACE_S = 2.0  # a read from a hung server would otherwise hold a cancel for its 30 s timeout
 
 _DEFAULT_LLM = "qwen2.5-coder-0.5b-instruct"  # engine.backends.embedded.DEFAULT_LLM, not imported: it loads llama.cpp
 
@@ -99,6 +106,23 @@ def _cancel_on_stdin(cancel: threading.Event) -> None:
     threading.Thread(target=watch, name="first-run-cancel", daemon=True).start()
 
 
+def _end_if_cancel_hangs(cancel: threading.Event, finished: threading.Event, emit: Callable[[dict], None]) -> None:
+    """Once cancelled, give the work CANCEL_GRACE_S to stop by itself, then end the process.
+
+    Safe at any moment: downloads and assemblies write through `.part` / `.assembling` files whose bytes are a
+    prefix of the result (the next run continues them), and everything else is replaced atomically."""
+    def watch() -> None:
+        cancel.wait()
+        if finished.wait(CANCEL_GRACE_S):
+            return
+        message = "cancelled while the work was stuck; what was written is kept and the next start continues it"
+        emit({"event": "cancelled", "message": message})
+        print(f"cancelled: {message}", file=sys.stderr, flush=True)
+        os._exit(EXIT_CANCELLED)
+
+    threading.Thread(target=watch, name="first-run-cancel-deadline", daemon=True).start()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.models.first_run", description=__doc__.split("\n")[0])
     parser.add_argument("--llm", help="the language model the engine will use (default: the default set's)")
@@ -107,9 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="JSON lines on stdout; cancel by writing `cancel`")
     args = parser.parse_args(argv)
 
+    printing = threading.Lock()  # the cancel deadline's thread may emit too
+
     def emit(message: dict) -> None:
         if args.json:
-            print(json.dumps(message), flush=True)
+            with printing:
+                print(json.dumps(message), flush=True)
 
     store = ModelStore()
     try:
@@ -124,9 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     emit({"event": "plan", "total_bytes": sum(w.bytes for w in work),
           "work": [{"model": w.model_id, "file": w.file, "stage": w.stage, "bytes": w.bytes} for w in work]})
 
-    cancel = threading.Event()
+    cancel, finished = threading.Event(), threading.Event()
     if args.json:
         _cancel_on_stdin(cancel)
+    _end_if_cancel_hangs(cancel, finished, emit)
     previous = {signum: signal.signal(signum, lambda *_: cancel.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         prepare(store, model_ids, args.download, _Overall(work, emit) if work else None, cancel)
@@ -139,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
     finally:
+        finished.set()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     emit({"event": "done"})

