@@ -309,6 +309,9 @@ class Controller(QObject):
             if awaited_too and f.awaiting_reply:
                 f.cut_unseen, f.awaiting_reply = True, False
                 self._speaker.cancel(UNANNOUNCED)  # its audio may reach the speaker before its id reaches us
+            elif f.awaiting_reply:  # a new turn follows: the engine stops this one first, or it refuses that
+                f.awaiting_reply = False
+                self._engine.send({"type": "response.cancel"})
             return
         log.info("interrupting %s (%s)", target, why)
         self._speaker.cancel(target)
@@ -442,6 +445,10 @@ class Controller(QObject):
         reply.done = True
         if f.reply is reply:
             f.reply = None
+        if (event.get("response") or {}).get("status") == "cancelled" and not reply.cancelled:
+            # Stopped in the engine (its own interruption, or our cancel sent before it was announced).
+            self._speaker.cancel(reply.response_id)
+            self._cut_reply(reply.response_id)
         if reply.cancelled and not reply.item_id:  # cut before it said anything
             f.replies.pop(reply.response_id, None)
             self.assistant_finished.emit(reply.response_id, "", True)

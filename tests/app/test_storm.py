@@ -37,8 +37,9 @@ REPLY_MS = 300
 # late callback on a loaded machine. The measured worst case is reported.
 CUT_WINDOW_MS = 60
 STUCK_AFTER_S = 5.0
-# Share of cuts made at once, before the app has even heard of the reply (response.created): only a stop
-# then (the stop key, the tray, `confide --stop`); the reply is cut the moment it is announced.
+# Share of cuts made at once, before the app has even heard of the reply (response.created): a stop (the stop
+# key, the tray, `confide --stop`); the reply is cut the moment it is announced. A question typed that early:
+# test_a_question_typed_before_the_last_reply_is_announced.
 RIGHT_AWAY = 0.1  # not back to listening by then: stuck
 FRAME = 480  # 10 ms at 48 kHz
 
@@ -245,3 +246,29 @@ def test_a_reply_finished_before_its_first_sound_is_still_heard_and_can_be_stopp
     rig.event("conversation.item.retrieved", item={"id": "item_resp_2", "content": [{"transcript": "Hel"}]})
     assert rig.history.turns["item_resp_2"] == ("assistant", "Hel", True, False)
     assert not rig.controller._facts.replies
+
+
+def test_a_question_typed_before_the_last_reply_is_announced(pulse_audio, qtbot, tmp_path, monkeypatch):
+    """Two questions typed back to back, the second before the app has heard of the first one's reply: the
+    engine is asked to stop that one first (else it refuses the second: one response at a time), nothing of it
+    plays, and the second question is answered."""
+    with tone_app(qtbot, tmp_path, monkeypatch, ENGINE_ARGS) as app:
+        seen = Seen(app)
+        controller = app.controller
+        second_at: dict[int, float] = {}
+        with pulse_audio.record_speaker() as heard:
+            for first in range(1, 16, 2):  # 8 pairs: all with tones of their own
+                controller.submit_text(f"question {first}")
+                second_at[first] = time.monotonic()
+                controller.submit_text(f"question {first + 1}")
+                pump(qtbot, lambda: controller.state is AppState.LISTENING and not controller._facts.replies
+                     and app.history.turns[-1].text.startswith(f"Answer to question {first + 1}."), 10,
+                     f"the answer to question {first + 1}")
+            tones = tones_per_frame(heard.audio())
+            frame_time = heard.time_of(0) + np.arange(len(tones)) * FRAME / heard.rate
+        for first, typed_at in second_at.items():
+            assert not np.any(tone_frames(tones, first) & (frame_time > typed_at + CUT_WINDOW_MS / 1000))
+            assert np.count_nonzero(tone_frames(tones, first + 1)) * 10 > REPLY_MS - 30  # heard in full
+        assert [text for _, text, error in seen.messages if error] == []
+        replies = [t.text for t in app.history.turns if t.role == "assistant" and not t.interrupted]
+        assert replies == [f"Answer to question {q}. and more. and more." for q in range(2, 17, 2)]
