@@ -51,6 +51,12 @@ def bundle_modules(executable: Path) -> list[str]:
     return pkg_archive_contents(str(executable))
 
 
+def has_debug_info(library: Path) -> bool:
+    sections = subprocess.run(["readelf", "--section-headers", "--wide", str(library)], capture_output=True,
+                              text=True, check=True).stdout
+    return " .debug_" in sections
+
+
 def deb_of(out: Path) -> Path:
     (deb,) = out.glob("confide_*.deb")
     return deb
@@ -68,6 +74,9 @@ def test_the_bundle_holds_no_torch_and_the_models_it_needs(built):
     assert [m for m in modules if m.split(".")[0] in HEAVY + UNUSED] == []
     top_level = [path.name for path in files if path.parent == Path("_internal")]
     assert [name for name in top_level if name.split(".")[0] in UNUSED] == []  # the package, NAME.libs
+    # Libraries without debug information (build-linux strips it: ~160 MB that only a debugger reads).
+    libraries = [bundle / path for path in files if path.suffix == ".so" or ".so." in path.name]
+    assert len(libraries) > 100 and [str(path) for path in libraries if has_debug_info(path)] == []
     # espeak-ng's pronunciation dictionaries: only English's (the catalog's voices all speak English).
     assert sorted(path.name for path in files if path.name.endswith("_dict")) == ["en_dict"]
     # The default models travel inside it as their packages' files (the store finds them by package).
