@@ -3,10 +3,11 @@
 resolve() never touches the network; only fetch() downloads. Every file is checked against the catalog's
 SHA-256, but through verification stamps, so a start-up hashes a file only when it is new or has changed.
 
-Downloads come from each file's catalog URL, or with a mirror (CONFIDE_MODELS_MIRROR=BASE_URL, for a network
-behind a proxy, without internet, or one machine serving many) from BASE_URL/<model id>/<file name>, the
-cache's own layout: a filled `~/.cache/confide/models` served over HTTP is a mirror. With a mirror every file
-of the catalog can be downloaded, not only those with a URL; the SHA-256 check is the same.
+Downloads come from each file's catalog URL (through the proxy in https_proxy / http_proxy, if set), or with a
+mirror (CONFIDE_MODELS_MIRROR=BASE_URL: a network where the hub is blocked or out of reach, one machine serving
+many) from BASE_URL/<model id>/<file name>, the cache's own layout: a filled `~/.cache/confide/models` served
+over HTTP is a mirror. With a mirror every file of the catalog can be downloaded, not only those with a URL;
+the SHA-256 check is the same.
 """
 
 from __future__ import annotations
@@ -125,9 +126,9 @@ def default_cache_dir() -> Path:
     return Path(override) if override else Path(platformdirs.user_cache_dir("confide")) / "models"
 
 
-def default_mirror() -> str | None:
-    """CONFIDE_MODELS_MIRROR: a base URL that serves <model id>/<file name> (see the module's docstring)."""
-    return os.environ.get("CONFIDE_MODELS_MIRROR") or None
+def default_mirror() -> str:
+    """CONFIDE_MODELS_MIRROR ("" if unset): a base URL serving <model id>/<file name> (see the module's docstring)."""
+    return os.environ.get("CONFIDE_MODELS_MIRROR", "")
 
 
 def package_dir(package: str) -> Path | None:
@@ -196,7 +197,7 @@ class ModelStore:
         mirror: str | None = None,
     ):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        self.mirror = (mirror or default_mirror() or "").rstrip("/") or None
+        self.mirror = (mirror or default_mirror()).rstrip("/") or None
         self.local_paths = {model_id: Path(path) for model_id, path in (local_paths or {}).items()}
         self.catalog = tuple(catalog) if catalog is not None else MODELS
         self.stamps = VerificationStamps(self.cache_dir / "verified.json")
