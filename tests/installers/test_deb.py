@@ -79,6 +79,7 @@ def test_the_bundle_holds_no_torch_and_the_models_it_needs(built):
     assert len(libraries) > 100 and [str(path) for path in libraries if has_debug_info(path)] == []
     # espeak-ng's pronunciation dictionaries: only English's (the catalog's voices all speak English).
     assert sorted(path.name for path in files if path.name.endswith("_dict")) == ["en_dict"]
+    assert [str(path) for path in files if path.suffix == ".qm"] == []  # Qt's translations: the app installs none
     # The default models travel inside it as their packages' files (the store finds them by package).
     names = {path.name for path in files}
     assert {"part01.bin", "part06.bin", "model.bin", "en_US-joe-medium.onnx", "silero_vad.onnx"} <= names
