@@ -1,6 +1,6 @@
 """First run through the app when a model has to be downloaded: the real progress window and preparation child,
 a real HTTP server (tests/harness/model_mirror.py) serving a real model file copied from the local store,
-reached the way a person behind a proxy or on a closed network reaches one: CONFIDE_MODELS_MIRROR.
+reached as on a network where the hub is out of reach: through CONFIDE_MODELS_MIRROR.
 
 The model is SmolLM2 (98 MB, chosen as the language model in the settings). The machine has it installed as a
 package; a new user downloading it does not, so the child sees an empty package of the same name first on
@@ -16,23 +16,28 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 
+from engine.models.catalog import MODELS
 from engine.models.download import sha256_of
 from engine.models.store import ModelStore
 from tests.harness.model_mirror import ModelMirror, flip_a_byte
 
 MODEL = "smollm2-135m-instruct"
+(MODEL_FILE,) = next(spec for spec in MODELS if spec.id == MODEL).files
 TRICKLE_AFTER = 8_000_000  # bytes at full speed before the server slows down: the cancel lands mid-file
 STALL_AFTER = 4 << 20  # bytes before the server hangs
 
 
 @pytest.fixture
-def mirror_folder(tmp_path) -> Path:
-    """A mirror laid out as the cache is (<model id>/<file name>), holding the real model file."""
-    real = ModelStore().resolve(MODEL).file()
-    folder = tmp_path / "mirror"
-    (folder / MODEL).mkdir(parents=True)
-    shutil.copyfile(real, folder / MODEL / real.name)
-    return folder
+def served(tmp_path) -> Path:
+    """The real model file, copied into a mirror laid out as the cache is: MIRROR/<model id>/<file name>."""
+    copy = tmp_path / "mirror" / MODEL / MODEL_FILE.name
+    copy.parent.mkdir(parents=True)
+    shutil.copyfile(ModelStore().resolve(MODEL).file(), copy)
+    return copy
+
+
+def mirror_of(served: Path, **behaviour) -> ModelMirror:
+    return ModelMirror(served.parents[1], **behaviour)
 
 
 @pytest.fixture
@@ -56,15 +61,15 @@ def first_start(qapp, started: list, quits: list):
 
 @pytest.mark.timeout(120)
 def test_a_missing_model_downloads_with_progress_cancels_keeping_the_part_and_resumes_with_a_range_request(
-        qapp, qtbot, mirror_folder, new_user, monkeypatch):
-    served = mirror_folder / MODEL / ModelStore().spec(MODEL).files[0].name
-    size, target = served.stat().st_size, new_user / MODEL / served.name
+        qapp, qtbot, served, new_user, monkeypatch):
+    size, target = MODEL_FILE.size, new_user / MODEL / MODEL_FILE.name
     partial = target.with_name(target.name + ".part")
     started, quits = [], []
-    with ModelMirror(mirror_folder, trickle_after=TRICKLE_AFTER) as mirror:
+    with mirror_of(served, trickle_after=TRICKLE_AFTER) as mirror:
         monkeypatch.setenv("CONFIDE_MODELS_MIRROR", mirror.url)
         dialog, preparation = first_start(qapp, started, quits)
-        qtbot.waitUntil(lambda: dialog.isVisible() and dialog.fraction > 0, timeout=30_000)
+        qtbot.waitUntil(lambda: dialog.isVisible() and dialog.fraction > 0 and partial.is_file()
+                        and partial.stat().st_size >= TRICKLE_AFTER, timeout=30_000)  # into the slow stretch
         assert dialog.detail.text().startswith(f"Downloading {MODEL}: "), dialog.detail.text()
         with qtbot.waitSignal(preparation.cancelled, timeout=30_000):
             qtbot.mouseClick(dialog.cancel_button, Qt.MouseButton.LeftButton)
@@ -82,24 +87,22 @@ def test_a_missing_model_downloads_with_progress_cancels_keeping_the_part_and_re
     assert mirror.requests[1:] == [(f"/{MODEL}/{served.name}", f"bytes={kept}-")]  # only the rest was asked for
     assert fractions[0] >= kept / size - 1e-9 and fractions[-1] == 1.0  # continued, not started over
     assert started == [True] and quits == [3] and not dialog.isVisible()
-    assert not partial.exists() and sha256_of(target) == ModelStore().spec(MODEL).files[0].sha256
+    assert not partial.exists() and sha256_of(target) == MODEL_FILE.sha256
 
 
 @pytest.mark.timeout(120)
 def test_a_corrupted_download_is_a_clear_error_and_leaves_nothing_corrupt(
-        qapp, qtbot, mirror_folder, new_user, monkeypatch):
-    expected = ModelStore().spec(MODEL).files[0].sha256
-    served = mirror_folder / MODEL / ModelStore().spec(MODEL).files[0].name
-    flip_a_byte(served, served.stat().st_size // 2)  # the server holds a damaged copy
+        qapp, qtbot, served, new_user, monkeypatch):
+    flip_a_byte(served, MODEL_FILE.size // 2)  # the server holds a damaged copy
     started, quits, failures = [], [], []
-    with ModelMirror(mirror_folder) as mirror:
+    with mirror_of(served) as mirror:
         monkeypatch.setenv("CONFIDE_MODELS_MIRROR", mirror.url)
         dialog, preparation = first_start(qapp, started, quits)
         preparation.failed.connect(failures.append)
         with qtbot.waitSignal(preparation.failed, timeout=60_000):
             pass
     (message,) = failures
-    assert f"has SHA-256 {sha256_of(served)}, expected {expected}" in message, message
+    assert f"has SHA-256 {sha256_of(served)}, expected {MODEL_FILE.sha256}" in message, message
     assert "the bad file was removed" in message and f"{mirror.url}/{MODEL}/{served.name}" in message
     # The person sees why, in the window that showed the progress; Confide starts all the same.
     assert dialog.isVisible() and message in dialog.detail.text() and dialog.cancel_button.text() == "Close"
@@ -110,11 +113,11 @@ def test_a_corrupted_download_is_a_clear_error_and_leaves_nothing_corrupt(
 
 
 @pytest.mark.timeout(120)
-def test_cancel_lands_at_once_when_the_server_hangs(qapp, qtbot, mirror_folder, new_user, monkeypatch):
+def test_cancel_lands_at_once_when_the_server_hangs(qapp, qtbot, served, new_user, monkeypatch):
     """A download that hangs is when a person cancels; the read it waits in has a 30 s timeout."""
-    partial = new_user / MODEL / (ModelStore().spec(MODEL).files[0].name + ".part")
+    partial = new_user / MODEL / f"{MODEL_FILE.name}.part"
     started, quits = [], []
-    with ModelMirror(mirror_folder, stall_after=STALL_AFTER) as mirror:
+    with mirror_of(served, stall_after=STALL_AFTER) as mirror:
         monkeypatch.setenv("CONFIDE_MODELS_MIRROR", mirror.url)
         dialog, preparation = first_start(qapp, started, quits)
         qtbot.waitUntil(lambda: partial.is_file() and partial.stat().st_size == STALL_AFTER and dialog.isVisible(),
