@@ -68,10 +68,10 @@ class Seen:
 
 
 @contextlib.contextmanager
-def tone_app(qtbot, tmp_path: Path, monkeypatch, engine_args: list[str] = (), hands_free: bool = True,
-             history_path: Path | None = None, configure: Callable[[Settings], None] | None = None,
-             **supervisor_options) -> Iterator[ConfideApp]:
-    """A started ConfideApp whose engine is the tone engine, ready and listening; shut down afterwards."""
+def tone_app(qtbot, tmp_path: Path, monkeypatch, engine_args: list[str] = (), history_path: Path | None = None,
+             configure: Callable[[Settings], None] | None = None, **supervisor_options) -> Iterator[ConfideApp]:
+    """A started ConfideApp, hands-free, whose engine is the tone engine, ready and listening; shut down
+    afterwards. `configure` changes the settings first; `supervisor_options` go to the EngineSupervisor."""
     for name in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
     monkeypatch.setattr(EngineSupervisor, "command", ToneEngineSupervisor.command)
@@ -83,14 +83,13 @@ def tone_app(qtbot, tmp_path: Path, monkeypatch, engine_args: list[str] = (), ha
 
         monkeypatch.setattr(EngineSupervisor, "__init__", init)
     settings = Settings()
-    settings.conversation.hands_free = hands_free
+    settings.conversation.hands_free = True  # its resting state is listening: what "back to listening" means
     if configure is not None:
         configure(settings)
     app = ConfideApp(settings, ConversationHistory(history_path), engine_args=list(engine_args))
     try:
         app.start()
-        pump(qtbot, lambda: app.controller.state is (AppState.LISTENING if hands_free else AppState.IDLE),
-             READY_TIMEOUT_S, "the app to be ready")
+        pump(qtbot, lambda: app.controller.state is AppState.LISTENING, READY_TIMEOUT_S, "the app to be ready")
         yield app
     finally:
         app.shutdown()
