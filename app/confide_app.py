@@ -128,7 +128,7 @@ class ConfideApp(QObject):
                                on_drained=self.bridge.playback_drained.emit, on_played=self.played_audio.played)
         self.voice_activity = VoiceActivity()
         self.router = MicRouter(self.link.send_audio, lambda chunk: self.barge_in_detector.feed(chunk),
-                                lambda: self.barge_in_detector.reset(), self.speaker.cancel, self.bridge.barge_in.emit,
+                                lambda: self.barge_in_detector.reset(), self.speaker.cancel, self._barge_in,
                                 self.bridge.level.emit)
         self.echo_canceller = EchoCanceller(self.played_audio, self.router.on_audio,
                                             enabled=settings.audio.echo_cancellation,
@@ -155,6 +155,11 @@ class ConfideApp(QObject):
         self.tray = TrayIcon(self.window)
         self.hotkeys = GlobalHotkeys()
         self._connect()
+
+    def _barge_in(self, response_id: str, onset: float) -> None:
+        """On the capture worker, once the speaker is silent."""
+        log.info("barge-in over %s, heard on the %s signal", response_id, self.barge_in_detector.heard_by)
+        self.bridge.barge_in.emit(response_id, onset)
 
     # --- start and stop --------------------------------------------------------------------------------
 

@@ -42,6 +42,9 @@ class BargeInDetector:
         self._canceller = canceller
         self.threshold = threshold  # the person's sensitivity, as a Silero threshold
         self.half_duplex = False  # set by the app when the canceller fails for good
+        # What heard the last onset: "microphone" (no echo heard), "cancelled" (AEC3's output) or
+        # "excess" (what the echo cannot explain). For the log and the benchmark's false barge-ins.
+        self.heard_by = ""
 
     @property
     def strict_threshold(self) -> float:
@@ -57,17 +60,23 @@ class BargeInDetector:
         if not self._canceller.echo_heard():
             vad.threshold, vad.sure_threshold = self.threshold, self.sure_threshold
             vad.min_speech_ms = DEFAULT_MIN_SPEECH_MS
-            return vad.feed(chunk)
+            return self._heard(vad.feed(chunk), "microphone")
         min_speech_ms = HALF_DUPLEX_MIN_SPEECH_MS if self.half_duplex else DEFAULT_MIN_SPEECH_MS
         # What the canceller leaves must never pass for the person.
         vad.threshold, vad.sure_threshold, vad.min_speech_ms = self.strict_threshold, None, min_speech_ms
-        onset = vad.feed(chunk)
+        if self._heard(vad.feed(chunk), "cancelled"):
+            return True
         excess = self._canceller.last_excess
-        if excess is not None:
-            excess_vad = self._excess_vad
-            excess_vad.threshold, excess_vad.sure_threshold = self.threshold, None
-            excess_vad.min_speech_ms = min_speech_ms
-            onset |= excess_vad.feed(excess)
+        if excess is None:
+            return False
+        excess_vad = self._excess_vad
+        excess_vad.threshold, excess_vad.sure_threshold = self.threshold, None
+        excess_vad.min_speech_ms = min_speech_ms
+        return self._heard(excess_vad.feed(excess), "excess")
+
+    def _heard(self, onset: bool, by: str) -> bool:
+        if onset:
+            self.heard_by = by
         return onset
 
     def reset(self) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from pywebrtc_audio import AudioProcessor
 
 from app.audio.capture import PROTOCOL_RATE
-from app.audio.echo_excess import EchoExcess
+from app.audio.echo_excess import LEAD, EchoExcess
 from app.audio.echo_reference import PlayedAudio
 
 FRAME = PROTOCOL_RATE // 100  # AEC3 works in 10 ms frames
@@ -48,6 +48,7 @@ ECHO_PRESENT = 0.5
 # ABSENT_CHECKS checks in a row under ECHO_ABSENT, or a microphone that heard nothing at all.
 ECHO_ABSENT = 0.3
 ABSENT_CHECKS = 3
+LAG_AGREES_S = 0.005
 
 
 class EchoMonitor:
@@ -155,6 +156,11 @@ class EchoCanceller:
         self._playing_frames = 0
         self._recent_far = _Recent(round(RECENT_S * PROTOCOL_RATE))
         self._echo_lag: int | None = None  # samples from the reference to its echo, once a check found it
+        # Whether the delay still holds: not after the reference was placed afresh (the new placement is
+        # off by the device's reported-time error, 7-20 ms on a loaded machine) or moved by more than
+        # LAG_AGREES_S, until a check measures it again (and, after a move, agrees with it).
+        self._lag_trusted = False
+        self._placements = 0
         self._excess: EchoExcess | None = None
         # The part of the frame just handed on that the echo cannot explain (EchoExcess; None where not
         # known): read by the barge-in detector on this same thread, during on_audio.
@@ -221,6 +227,7 @@ class EchoCanceller:
         self._echo_present = None
         self._absent_checks = 0
         self._echo_lag = self._excess = None
+        self._lag_trusted = False
 
     def echo_heard(self) -> bool:
         """Whether the speaker's sound reaches the microphone (open speakers, not headphones). Until a
@@ -263,7 +270,8 @@ class EchoCanceller:
             self._echo_present, self._absent_checks = True, 0
             # A new delay (the sound server's latency changed) keeps the learnt path: its gains per
             # frequency do not depend on when the echo arrives.
-            self._echo_lag = lag
+            self._lag_trusted = self._echo_lag is None or abs(lag - self._echo_lag) <= LAG_AGREES_S * PROTOCOL_RATE
+            self._echo_lag, self._placements = lag, self._played.placements
             if self._excess is None:
                 self._excess = EchoExcess()
         elif likeness < ECHO_ABSENT:
@@ -287,9 +295,11 @@ class EchoCanceller:
         self._recent_near.add(frame)
         self._recent_far.add(far)
         if self._excess is not None:
-            delayed_far = self._recent_far.last(self._echo_lag + FRAME)[:FRAME]
+            if self._played.placements != self._placements:
+                self._placements, self._lag_trusted = self._played.placements, False
+            delayed_far = self._recent_far.last(max(self._echo_lag - LEAD, 0) + FRAME)[:FRAME]
             excess = self._excess.process(frame, delayed_far)
-            self.last_excess = excess if self._excess.ready else None
+            self.last_excess = excess if self._excess.ready and self._lag_trusted else None
         if far.any():
             self._playing_frames += 1
             if self._playing_frames % PRESENCE_EVERY == 0:

@@ -72,6 +72,7 @@ class PlayedAudio:
         self._segments: collections.deque[_Segment] = collections.deque()
         self._anchor: float | None = None  # when frame 0 of the current stream left the device
         self._anchor_rate = 0
+        self.placements = 0  # times the timeline was placed afresh (new stream, ran dry, stalled)
 
     def played(self, block: np.ndarray, dac_time: float, rate: int, frame_index: int,
                ran_dry: bool = False) -> None:
@@ -117,6 +118,7 @@ class PlayedAudio:
         offset = dac_time - frame_index / rate
         if self._anchor is None or rate != self._anchor_rate or abs(offset - self._anchor) > RESYNC_S:
             self._anchor, self._anchor_rate = offset, rate  # a new stream, or the device stalled
+            self.placements += 1
         else:
             self._anchor += (offset - self._anchor) * ANCHOR_NUDGE
         return self._anchor + frame_index / rate

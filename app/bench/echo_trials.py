@@ -50,6 +50,7 @@ REPLY_TIMEOUT_S = 30.0
 class Reply:
     fired: bool = False
     fired_at: float | None = None
+    heard_by: str = ""  # which of the detector's ears fired (BargeInDetector.heard_by)
     drained: threading.Event = field(default_factory=threading.Event)
 
 
@@ -107,7 +108,7 @@ class EchoRig:
     def _on_barge_in(self, response_id: str, _onset: float) -> None:
         reply = self._replies.get(response_id)
         if reply is not None:
-            reply.fired, reply.fired_at = True, time.monotonic()
+            reply.fired, reply.fired_at, reply.heard_by = True, time.monotonic(), self.detector.heard_by
             self.last_fired_at = reply.fired_at
 
 
@@ -119,15 +120,17 @@ def _rms(audio: np.ndarray) -> float:
 def echo_only(rig: EchoRig, pulse, replies: list[np.ndarray], pause_s: float = 0.3) -> dict:
     """Play every reply to its end; count barge-ins (all false), measure ERLE and the echo's level."""
     rig.canceller.monitor.reset_totals()
-    false_barge_ins, echo_levels = 0, []
+    false_barge_ins, echo_levels, heard_by = 0, [], {}
     for audio in replies:
         with pulse.record_mic_feed() as heard:
             response_id, _ = rig.play(audio)
             reply = rig.wait(response_id)
         false_barge_ins += reply.fired
+        if reply.fired:
+            heard_by[reply.heard_by] = heard_by.get(reply.heard_by, 0) + 1
         echo_levels.append(_rms(heard.audio()))
         time.sleep(pause_s)
-    return {"replies": len(replies), "false_barge_ins": false_barge_ins,
+    return {"replies": len(replies), "false_barge_ins": false_barge_ins, "false_barge_ins_heard_by": heard_by,
             "erle_db": rig.canceller.monitor.erle_db(), "echo_rms": float(np.median(echo_levels))}
 
 
@@ -135,6 +138,7 @@ def echo_only(rig: EchoRig, pulse, replies: list[np.ndarray], pause_s: float = 0
 class DoubleTalk:
     detected: bool
     detect_ms: float | None  # from the person's speech reaching the microphone to the speaker silenced
+    heard_by: str = ""  # which of the detector's ears heard them
 
 
 def double_talk(rig: EchoRig, pulse, reply: np.ndarray, user: np.ndarray, gain: float,
@@ -155,7 +159,7 @@ def double_talk(rig: EchoRig, pulse, reply: np.ndarray, user: np.ndarray, gain: 
     at, _score = find_signal(heard.audio(), spoken)
     loud = np.flatnonzero(np.abs(spoken) > 0.01 * np.abs(spoken).max())
     onset = heard.time_of(at + (int(loud[0]) if loud.size else 0))
-    return DoubleTalk(True, round((outcome.fired_at - onset) * 1000, 1))
+    return DoubleTalk(True, round((outcome.fired_at - onset) * 1000, 1), outcome.heard_by)
 
 
 @dataclass
@@ -206,6 +210,7 @@ def measure_path(pulse, script: EchoScript, replies: int, doubletalk_trials: int
 def path_figures(results: dict) -> dict:
     echo = results["echo"]
     figures = {"erle_db": echo["erle_db"], "replies": echo["replies"], "false_barge_ins": echo["false_barge_ins"],
+               "false_barge_ins_heard_by": echo["false_barge_ins_heard_by"],
                "false_bargein_rate": round(echo["false_barge_ins"] / max(1, echo["replies"]), 4),
                "echo_rms_dbfs": round(20 * np.log10(max(echo["echo_rms"], 1e-9)), 1),
                "aec_cpu_ms_per_10ms": results["cpu_ms_per_10ms"]}
@@ -219,4 +224,6 @@ def path_figures(results: dict) -> dict:
         figures[f"doubletalk_detected_at_all{suffix}"] = f"{len(times)}/{len(trials)}"
         figures[f"doubletalk_cut_before_speech{suffix}"] = sum(t.detected and t.detect_ms < 0 for t in trials)
         figures[f"doubletalk_detect_ms_p50{suffix}"] = round(float(np.median(times)), 1) if times else None
+        heard_by = [t.heard_by for t in trials if t.detected and t.detect_ms >= 0]
+        figures[f"doubletalk_heard_by{suffix}"] = {by: heard_by.count(by) for by in sorted(set(heard_by))}
     return figures

@@ -72,7 +72,10 @@ def test_with_echo_heard_what_the_echo_cannot_explain_is_judged_at_the_persons_o
     excess_vad.onset = True
     assert not detector.feed(None)  # no excess known yet (the echo's delay is not found): AEC3's output only
     canceller.last_excess = "frame"
-    assert detector.feed(None)
+    assert detector.feed(None) and detector.heard_by == "excess"
+    vad.onset = True
+    assert detector.feed(None) and detector.heard_by == "cancelled"
+    vad.onset = False
     assert (excess_vad.threshold, excess_vad.sure_threshold, vad.threshold) == (0.5, None, 0.7)
     detector.half_duplex = True
     detector.feed(None)
