@@ -3,6 +3,8 @@
 - first_audio_chunk_ms: reply request → first chunk of speech, through the streaming path the server uses.
 - rtf: compute seconds per second of speech, for the whole spoken reply (thinker + talker + vocoder).
 - vram_mb: peak GPU memory (None on CPU).
+- asr_rtf: with input transcription on, Whisper's seconds per second of the prompt, run on a thread beside the
+  reply as in a conversation (so first_audio_chunk_ms includes its competition for the CPU); None when off.
 - Baseline: the same model used the way transformers' generate uses it: the whole text, then all the codec
   tokens, then token2wav on all of them; the first sound comes only at the end.
 The spoken prompts go in as audio, as through the server (the omni model hears them itself).
@@ -11,16 +13,18 @@ The spoken prompts go in as audio, as through the server (the omni model hears t
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
 
-from engine.audio.pcm import PROTOCOL_RATE
+from engine.audio.pcm import PROTOCOL_RATE, resample
 from engine.bench.components import _end_of_turn_ms
 from engine.bench.prompts import SpokenPrompt
 from engine.bench.stats import p50, p95
 from engine.backends.base import ReplyRequest, ReplyStats, SpeechChunk, Turn
 from engine.realtime.session_config import DEFAULT_INSTRUCTIONS
+from engine.speech.asr import SAMPLE_RATE
 
 
 def measure_omni(backend, vad_model, prompts: list[SpokenPrompt], silence_ms: int, streaming_p50: float | None) -> dict:
@@ -32,13 +36,16 @@ def measure_omni(backend, vad_model, prompts: list[SpokenPrompt], silence_ms: in
 
     if backend.loaded.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    firsts, rtfs, first_chunks, prefill, decode = [], [], [], [], []
+    firsts, rtfs, first_chunks, prefill, decode, asr_rtfs = [], [], [], [], [], []
     baseline, parts = [], {"end_of_turn": [], "llm": [], "tts": []}
     for prompt in prompts:
         pcm = np.clip(prompt.audio * 32768, -32768, 32767).astype(np.int16)
         request = ReplyRequest(DEFAULT_INSTRUCTIONS, (Turn("user", "", audio=pcm),))
         stats = ReplyStats()
+        transcription = _Transcription(backend.asr, prompt.audio) if backend.asr is not None else None
         first, seconds, total = asyncio.run(_stream(backend, request, stats))
+        if transcription is not None:
+            asr_rtfs.append(transcription.rtf())
         if first is not None:
             firsts.append(first)
         if seconds:
@@ -75,7 +82,7 @@ def measure_omni(backend, vad_model, prompts: list[SpokenPrompt], silence_ms: in
     vram = round(torch.cuda.max_memory_allocated() / 2**20, 1) if backend.loaded.device == "cuda" else None
     baseline_p50 = p50(baseline)
     return {
-        "asr_rtf": None,  # no separate ASR: the thinker hears the audio
+        "asr_rtf": round(float(np.median(asr_rtfs)), 3) if asr_rtfs else None,  # None: not transcribing
         "llm_prefill_tok_s": p50(prefill),
         "llm_decode_tok_s": p50(decode),
         "tts_first_chunk_ms_p50": p50(first_chunks),
@@ -100,3 +107,22 @@ async def _stream(backend, request: ReplyRequest, stats: ReplyStats) -> tuple[fl
                 first = (time.monotonic() - started) * 1000
             samples += output.audio.size
     return first, samples / PROTOCOL_RATE, time.monotonic() - started
+
+
+class _Transcription(threading.Thread):
+    """Whisper over one prompt, started now on its own thread (as the listener's runs beside the model)."""
+
+    def __init__(self, asr, audio: np.ndarray):
+        super().__init__(name="bench-asr", daemon=True)
+        self.asr, self.audio = asr, resample(audio, PROTOCOL_RATE, SAMPLE_RATE)
+        self.seconds = 0.0
+        self.start()
+
+    def run(self) -> None:
+        started = time.monotonic()
+        self.asr.transcribe(self.audio)
+        self.seconds = time.monotonic() - started
+
+    def rtf(self) -> float:
+        self.join()
+        return self.seconds / (self.audio.size / SAMPLE_RATE)

@@ -36,4 +36,5 @@ def test_reduced_omni_bench_reports_the_engine_keys_and_the_omni_figures(tmp_pat
     assert 0 < figures["first_audio_chunk_ms"] < figures["baseline_eos_to_first_audio_ms_p50"]
     assert figures["rtf"] > 0 and figures["tts_first_chunk_ms_p50"] > 0
     assert figures["vram_mb"] is None  # CPU here; a CUDA run reports its peak
+    assert 0 < figures["asr_rtf"] < 1  # Whisper transcribes the prompts beside the model (on by default)
     assert all(turn["reply_audio_s"] > 0 for turn in figures["turns"])

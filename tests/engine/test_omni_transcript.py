@@ -60,7 +60,8 @@ async def test_a_spoken_turn_is_transcribed_while_the_model_answers_its_audio(en
         quiet = np.zeros(PROTOCOL_RATE // 2, np.float32)
         await client.append_audio(np.concatenate([quiet, speech, quiet, quiet]), realtime=True)  # as from a mic
         events = await client.collect_until("response.done", timeout=120)
-        events += await client.quiet(0.5)
+        if not [e for e in events if e["type"] == COMPLETED]:
+            events.append(await client.expect(COMPLETED))
     finally:
         await client.close()
     committed = next(e for e in events if e["type"] == "input_audio_buffer.committed")

@@ -31,7 +31,7 @@ class OmniSettings:
     temperature: float = 0.7  # thinker (top-p 0.9); the talker keeps Qwen's own sampling
     seed: int | None = None
     threads: int = 0  # 0 = cores - 1
-    # The user's words as text too (Whisper from the embedded backend, beside the thinker, never in its way):
+    # The user's words as text too (Whisper from the embedded backend, on its own thread beside the thinker):
     # for the client's transcript and for old turns whose audio is forgotten. Used only when on disk.
     transcribe: bool = True
     asr: str = "whisper-tiny.en"
