@@ -5,9 +5,9 @@ SHA-256, but through verification stamps, so a start-up hashes a file only when 
 
 Downloads come from each file's catalog URL (through the proxy in https_proxy / http_proxy, if set), or with a
 mirror (CONFIDE_MODELS_MIRROR=BASE_URL: a network where the hub is blocked or out of reach, one machine serving
-many) from BASE_URL/<model id>/<file name>, the cache's own layout: a filled `~/.cache/confide/models` served
-over HTTP is a mirror. With a mirror every file of the catalog can be downloaded, not only those with a URL;
-the SHA-256 check is the same.
+many) from BASE_URL/<model id>/<file name>, the cache's own layout: another machine's `~/.cache/confide/models`
+served over HTTP mirrors what that machine downloaded or assembled. With a mirror every file of the catalog
+can be downloaded, not only those with a URL; the SHA-256 check is the same.
 """
 
 from __future__ import annotations
