@@ -105,7 +105,7 @@ class _SavedHistory:
         try:
             self._history.save()
         except HistoryWriteError as error:
-            self._on_error(f"The conversation could not be saved: {error}. The last saved copy is intact.", True)
+            self._on_error(f"The conversation could not be saved: {error}.", True)
 
     def close(self) -> None:
         self._saver.shutdown(wait=True)

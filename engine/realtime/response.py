@@ -45,6 +45,7 @@ class Response:
         self._emit = emit
         self._on_finished = on_finished
         self._pending_text = ""  # text heard from the model but not yet attached to audio
+        self._started = False
         self._task = asyncio.get_running_loop().create_task(self._deliver())
 
     @property
@@ -56,7 +57,8 @@ class Response:
             return
         self.status, self.status_reason = "cancelled", reason
         self.run.cancel()
-        self._task.cancel()
+        if self._started:  # a task cancelled before its first step never runs: nothing would be announced
+            self._task.cancel()
 
     async def wait(self) -> None:
         await asyncio.gather(self._task, return_exceptions=True)
@@ -64,6 +66,7 @@ class Response:
     # --- delivery ---------------------------------------------------------------------------------
 
     async def _deliver(self) -> None:
+        self._started = True
         self._emit("response.created", response=self._describe())
         previous = self._conversation.add(self.item)
         self._emit("response.output_item.added", response_id=self.id, output_index=0,
@@ -71,6 +74,9 @@ class Response:
         self._emit("conversation.item.created", previous_item_id=previous, item=self.item.to_protocol())
         self._emit("response.content_part.added", **self._where(), part=self._part())
         self.run.stats.mark("response_created")
+        if not self.active:  # cancelled before it started: announced, then closed at once
+            self._close("incomplete")
+            return
         try:
             async for output in self.run.outputs():
                 if isinstance(output, SpeechChunk):

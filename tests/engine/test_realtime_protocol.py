@@ -384,3 +384,23 @@ async def test_closing_mid_reply_leaves_the_server_serving(served):
     again = await RealtimeTestClient.connect(url, TOKEN)
     assert (await ask_text(again, "hi"))[-1]["response"]["status"] == "completed"
     await again.close()
+
+
+async def test_a_response_cancelled_before_its_task_ran_is_still_announced_and_closed():
+    """Found by the app's barge-in storm: a cancel that came before the response's first step left the
+    client waiting for a response.created and a response.done that never came."""
+    from engine.realtime.conversation import Conversation
+    from engine.realtime.reply_run import ReplyRun
+    from engine.realtime.response import Response
+
+    session = ScriptedBackend().open_session()
+    events, finished = [], []
+    run = ReplyRun(session, lambda: asyncio.sleep(0, result=None))
+    response = Response(run, Conversation(), lambda name, **fields: events.append((name, fields)), True,
+                        finished.append)
+    response.cancel()  # before the loop ran the response's task even once
+    await asyncio.wait_for(response.wait(), 5)
+    names = [name for name, _ in events]
+    assert names[0] == "response.created" and names[-1] == "response.done", names
+    assert events[-1][1]["response"]["status"] == "cancelled" and finished == [response]
+    assert not any(name.endswith(".delta") for name in names)
