@@ -54,11 +54,13 @@ async def connect(url: str, turn_detection: dict | None) -> RealtimeTestClient:
 
 
 async def test_a_spoken_turn_is_transcribed_while_the_model_answers_its_audio(engine, server_url):
-    client = await connect(server_url, {"type": "server_vad", "silence_duration_ms": 400})
+    # A long silence window: the session takes the turn's audio for the reply only once the transcript is
+    # there, and by then a shorter window's commit could have dropped it (the reply would read the text).
+    client = await connect(server_url, {"type": "server_vad", "silence_duration_ms": 1000})
     try:
         speech = say("Please tell me what the weather will be like tomorrow morning.")
         quiet = np.zeros(PROTOCOL_RATE // 2, np.float32)
-        await client.append_audio(np.concatenate([quiet, speech, quiet, quiet]), realtime=True)  # as from a mic
+        await client.append_audio(np.concatenate([quiet, speech, *[quiet] * 3]), realtime=True)  # as from a mic
         events = await client.collect_until("response.done", timeout=120)
         if not [e for e in events if e["type"] == COMPLETED]:
             events.append(await client.expect(COMPLETED))
