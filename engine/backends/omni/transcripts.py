@@ -26,6 +26,8 @@ from engine.backends.base import Listener
 from engine.backends.omni.settings import OmniSettings
 from engine.models.store import ModelFileError, ModelStore
 from engine.runtime import inference_threads
+from engine.speech.asr import UtteranceTranscriber, WhisperAsr
+from engine.turns.vad import SileroVadModel
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,8 @@ log = logging.getLogger(__name__)
 PARTIAL_INTERVAL_S = 0.5
 
 
-def load_asr(settings: OmniSettings, store: ModelStore | None):
-    """Whisper (engine.speech.asr.WhisperAsr) when transcripts are wanted and its files are on disk; else None."""
+def load_asr(settings: OmniSettings, store: ModelStore | None) -> WhisperAsr | None:
+    """Whisper when transcripts are wanted and its files are on disk; else None."""
     if not settings.transcribe:
         log.info("omni: input transcription is off (--no-omni-transcribe): user items carry no transcript")
         return None
@@ -46,9 +48,6 @@ def load_asr(settings: OmniSettings, store: ModelStore | None):
     except ModelFileError as error:
         log.warning("omni: no input transcripts, the user's turns carry audio only (%s)", error)
         return None
-    from engine.speech.asr import WhisperAsr
-    from engine.turns.vad import SileroVadModel
-
     return WhisperAsr(asr_files.directory, settings.threads or inference_threads(), vad=SileroVadModel(vad_file))
 
 
@@ -56,9 +55,7 @@ class TranscribingListener(Listener):
     """Whisper re-reads the utterance while it is spoken (partials go to `on_partial`); `transcript()`
     waits only for the pass that covers everything fed."""
 
-    def __init__(self, asr, on_partial: Callable[[str], None] | None = None):
-        from engine.speech.asr import UtteranceTranscriber
-
+    def __init__(self, asr: WhisperAsr, on_partial: Callable[[str], None] | None = None):
         self._transcriber = UtteranceTranscriber(asr, on_partial=on_partial, partial_interval_s=PARTIAL_INTERVAL_S)
 
     def feed(self, audio: np.ndarray) -> None:
