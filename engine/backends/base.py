@@ -119,6 +119,10 @@ class Listener(ABC):
 class BackendSession(ABC):
     """Per-connection model state (e.g. a KV-cache slot). Methods are called from the asyncio loop."""
 
+    # Whether a reply waits for the user's transcript. A cascade answers the words; a model that hears the
+    # audio itself answers at once, and the transcript follows for the client and the history.
+    replies_need_transcripts: bool = True
+
     def prepare(self, context: ReplyRequest) -> None:
         """The conversation so far, whenever it changed outside a reply (session opened, instructions
         updated): a backend may pre-compute it so the next turn starts sooner. Must return at once."""

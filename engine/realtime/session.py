@@ -96,6 +96,7 @@ class RealtimeSession:
         self._response: Response | None = None
         self._cancelled: set[str] = set()
         self._readiness = _Readiness()
+        self._transcriptions: set[asyncio.Task] = set()  # those no reply waits for
         self._loop = asyncio.get_running_loop()
         self._reset_detector()
         self.emit("session.created", session=self._session_object())
@@ -134,6 +135,8 @@ class RealtimeSession:
             await self._response.wait()
         self._drop_pending()
         self._readiness.cancel_all()
+        for task in self._transcriptions:
+            task.cancel()
         self._backend.close()
 
     # --- session ------------------------------------------------------------------------------------
@@ -260,11 +263,10 @@ class RealtimeSession:
     def _speculate(self, pending: PendingTurn) -> None:
         self._drop_speculation(pending)
         self._feed_pending()
-        heard_until = self._buffer.end
+        audio = self._buffer.slice(pending.start, self._buffer.end)  # now: a commit may drop it before the task runs
 
         async def request_for_tentative_turn() -> ReplyRequest:
-            transcript = await pending.listener.transcript()
-            audio = self._buffer.slice(pending.start, heard_until)
+            transcript = await pending.listener.transcript() if self._backend.replies_need_transcripts else ""
             await self._readiness.wait_all()
             return self._request(extra=Turn("user", transcript, audio=audio))
 
@@ -286,7 +288,7 @@ class RealtimeSession:
         self.conversation.forget_old_audio()
         self.emit("input_audio_buffer.committed", previous_item_id=previous, item_id=item.id)
         self.emit("conversation.item.created", previous_item_id=previous, item=item.to_protocol())
-        self._readiness.add(item.id, self._loop.create_task(self._transcribe(item, part, pending.listener)))
+        self._start_transcription(item, part, pending.listener)
         if respond:
             if self._response and self._response.active:
                 self._cancel_response("turn_detected")
@@ -299,6 +301,14 @@ class RealtimeSession:
             audio = self._buffer.slice(pending.fed_until, end)
             pending.fed_until = end
             pending.listener.feed(audio.astype(np.float32) / 32768.0)
+
+    def _start_transcription(self, item: Item, part: ContentPart, listener: Listener) -> None:
+        task = self._loop.create_task(self._transcribe(item, part, listener))
+        if self._backend.replies_need_transcripts:
+            self._readiness.add(item.id, task)
+        else:  # the reply hears the audio: it starts now, and the transcript follows when ready
+            self._transcriptions.add(task)
+            task.add_done_callback(self._transcriptions.discard)
 
     async def _transcribe(self, item: Item, part: ContentPart, listener: Listener) -> None:
         try:
@@ -343,7 +353,7 @@ class RealtimeSession:
             elif part.type == "input_audio" and part.audio is not None and part.transcript is None:
                 listener = self._backend.listen(self._request())
                 listener.feed(part.audio.astype(np.float32) / 32768.0)
-                self._readiness.add(item.id, self._loop.create_task(self._transcribe(item, part, listener)))
+                self._start_transcription(item, part, listener)
 
     async def _read_screen(self, item: Item, part: ContentPart) -> None:
         try:

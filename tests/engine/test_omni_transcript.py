@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -54,9 +55,7 @@ async def connect(url: str, turn_detection: dict | None) -> RealtimeTestClient:
 
 
 async def test_a_spoken_turn_is_transcribed_while_the_model_answers_its_audio(engine, server_url):
-    # A long silence window: the session takes the turn's audio for the reply only once the transcript is
-    # there, and by then a shorter window's commit could have dropped it (the reply would read the text).
-    client = await connect(server_url, {"type": "server_vad", "silence_duration_ms": 1000})
+    client = await connect(server_url, {"type": "server_vad", "silence_duration_ms": 400})
     try:
         speech = say("Please tell me what the weather will be like tomorrow morning.")
         quiet = np.zeros(PROTOCOL_RATE // 2, np.float32)
@@ -76,6 +75,36 @@ async def test_a_spoken_turn_is_transcribed_while_the_model_answers_its_audio(en
     # The thinker heard the turn as audio; the transcript is for the client (and for later, see below).
     prompt = engine.backend.loaded.processors.tokenizer.decode(engine.backend.last_prompt.input_ids[0])
     assert engine.backend.last_prompt.counts["audios"] == 1 and "weather" not in prompt
+
+
+async def test_the_reply_does_not_wait_for_the_transcript(engine, server_url):
+    # Whisper is held until the client has the reply's first audio: a reply that waited for the
+    # transcript would never start (no timing involved).
+    transcribe, heard_reply = engine.backend.asr.transcribe, threading.Event()
+
+    def held_transcribe(*args, **kwargs):
+        heard_reply.wait(60)
+        return transcribe(*args, **kwargs)
+
+    engine.backend.asr.transcribe = held_transcribe
+    client = await connect(server_url, {"type": "server_vad", "silence_duration_ms": 400})
+    try:
+        speech = say("Is it going to rain this afternoon?")
+        quiet = np.zeros(PROTOCOL_RATE // 2, np.float32)
+        await client.append_audio(np.concatenate([quiet, speech, quiet, quiet]))
+        start = len(client.events)
+        await client.expect("response.output_audio.delta", timeout=60)
+        assert not [e for e in client.events[start:] if e["type"] == COMPLETED]
+        heard_reply.set()
+        events = await client.collect_until("response.done", timeout=120)
+        if not [e for e in events if e["type"] == COMPLETED]:
+            events.append(await client.expect(COMPLETED))
+    finally:
+        heard_reply.set()
+        engine.backend.asr.transcribe = transcribe
+        await client.close()
+    completed = next(e for e in events if e["type"] == COMPLETED)
+    assert words(completed["transcript"]) == words("Is it going to rain this afternoon")
 
 
 async def test_old_turns_past_the_audio_window_reach_the_thinker_as_their_transcript(engine, server_url):

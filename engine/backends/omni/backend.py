@@ -105,6 +105,8 @@ class OmniBackend(Backend):
 
 
 class OmniSession(BackendSession):
+    replies_need_transcripts = False  # the thinker hears the user's audio; Whisper's text follows beside it
+
     def __init__(self, backend: OmniBackend):
         self.backend = backend
         self.cache = ConversationCache()  # used under the backend's LM lock only

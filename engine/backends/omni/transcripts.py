@@ -6,9 +6,8 @@ and the turns whose audio the conversation has forgotten, which reach the thinke
 the embedded backend's Whisper, transcribing while the user speaks on its own thread (CPU, beside the
 thinker's prefill of the history), so the turn's end finds at most the last pass to run.
 
-That last pass still delays the reply: the Realtime session builds a reply only once every pending
-transcript is known (engine/realtime/session.py), which the thinker does not need. On the 2-core test
-machine it held the reply back ~110 ms (p50; 260 ms at worst), and `--no-omni-transcribe` removes it.
+No reply waits for it: the session builds the reply from the audio at once (OmniSession's
+`replies_need_transcripts` is False), and the transcription event follows when Whisper is done.
 
 Whisper is used only when it is already on disk: nothing downloads at run time. Without it the backend
 says so once and the user's items carry empty transcripts.
