@@ -11,7 +11,8 @@ Silero (VoiceActivity) on the microphone signal, judged three ways:
   the person, so the threshold is raised by ECHO_MARGIN. On the harness's saturating echo path (40
   replies) 3 replies were taken for the person at the plain threshold, 1 at +0.2. But AEC3 removes the
   person too while both talk, so a second Silero listens, at the person's own threshold, to what the
-  echo cannot explain (EchoCanceller.last_excess, see echo_excess.py); either one interrupts.
+  echo cannot explain (EchoCanceller.last_excess, see echo_excess.py); either one interrupts, the
+  cancelled signal then only after CANCELLED_BESIDE_EXCESS_MIN_SPEECH_MS of speech.
 - Half-duplex (the app found the canceller failing: the echo gets through): it also takes
   HALF_DUPLEX_MIN_SPEECH_MS of speech, longer than any burst of echo, so the person speaks up for a
   moment to interrupt.
@@ -30,6 +31,11 @@ MAX_THRESHOLD = 0.9
 SURE_MARGIN = 0.3  # where no echo is heard, one frame this far above the threshold is speech
 MAX_SURE = 0.95  # above it the sure path is off (Silero rarely reaches it on a first frame)
 HALF_DUPLEX_MIN_SPEECH_MS = 320
+# While what the echo cannot explain is heard too, the cancelled signal is the slow, sure ear: it takes
+# this much speech. On the harness it was the source of every false barge-in once the excess ear was in
+# (5 in 100 replies on the saturating path, 0 from the excess), while the excess heard 20 of 24
+# interruptions first.
+CANCELLED_BESIDE_EXCESS_MIN_SPEECH_MS = 320
 
 
 class BargeInDetector:
@@ -62,11 +68,13 @@ class BargeInDetector:
             vad.min_speech_ms = DEFAULT_MIN_SPEECH_MS
             return self._heard(vad.feed(chunk), "microphone")
         min_speech_ms = HALF_DUPLEX_MIN_SPEECH_MS if self.half_duplex else DEFAULT_MIN_SPEECH_MS
+        excess = self._canceller.last_excess
         # What the canceller leaves must never pass for the person.
-        vad.threshold, vad.sure_threshold, vad.min_speech_ms = self.strict_threshold, None, min_speech_ms
+        vad.threshold, vad.sure_threshold = self.strict_threshold, None
+        vad.min_speech_ms = min_speech_ms if excess is None else max(min_speech_ms,
+                                                                      CANCELLED_BESIDE_EXCESS_MIN_SPEECH_MS)
         if self._heard(vad.feed(chunk), "cancelled"):
             return True
-        excess = self._canceller.last_excess
         if excess is None:
             return False
         excess_vad = self._excess_vad

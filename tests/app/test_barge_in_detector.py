@@ -1,7 +1,7 @@
 """BargeInDetector's policy with stand-ins for Silero and the canceller (both on real audio:
 test_barge_in_audio.py and test_echo_cancellation.py)."""
 
-from app.audio.barge_in_detector import HALF_DUPLEX_MIN_SPEECH_MS, BargeInDetector
+from app.audio.barge_in_detector import CANCELLED_BESIDE_EXCESS_MIN_SPEECH_MS, HALF_DUPLEX_MIN_SPEECH_MS, BargeInDetector
 from app.audio.voice_activity import DEFAULT_MIN_SPEECH_MS
 
 
@@ -71,8 +71,10 @@ def test_with_echo_heard_what_the_echo_cannot_explain_is_judged_at_the_persons_o
     detector = BargeInDetector(vad, canceller, threshold=0.5, excess_activity=excess_vad)
     excess_vad.onset = True
     assert not detector.feed(None)  # no excess known yet (the echo's delay is not found): AEC3's output only
+    assert vad.min_speech_ms == DEFAULT_MIN_SPEECH_MS
     canceller.last_excess = "frame"
     assert detector.feed(None) and detector.heard_by == "excess"
+    assert vad.min_speech_ms == CANCELLED_BESIDE_EXCESS_MIN_SPEECH_MS  # beside the excess, the slow, sure ear
     vad.onset = True
     assert detector.feed(None) and detector.heard_by == "cancelled"
     vad.onset = False
