@@ -402,7 +402,9 @@ class Controller(QObject):
         self._partials.pop(item_id, None)
         self.user_final.emit(item_id, text)
         if text:
-            self._record("user", text, item_id, had_screenshot=self._pending_screenshot)
+            items = self._session_items
+            after = items[items.index(item_id) - 1] if item_id in items[1:] else None
+            self._record("user", text, item_id, had_screenshot=self._pending_screenshot, after=after)
             self._pending_screenshot = False
 
     def _on_response_created(self, event: dict) -> None:
@@ -528,6 +530,7 @@ class Controller(QObject):
                               silence_ms=s.silence_ms, voice=s.voice, speed=s.speed, instructions=s.instructions)
 
     def _record(self, role: str, text: str, item_id: str, interrupted: bool = False,
-                had_screenshot: bool = False) -> None:
+                had_screenshot: bool = False, after: str | None = None) -> None:
         if self._history is not None:
-            self._history.record(role, text, item_id, interrupted=interrupted, had_screenshot=had_screenshot)
+            self._history.record(role, text, item_id, interrupted=interrupted, had_screenshot=had_screenshot,
+                                 after=after)

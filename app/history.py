@@ -77,12 +77,19 @@ class ConversationHistory:
             return True
 
     def record(self, role: str, text: str, item_id: str, interrupted: bool = False,
-               had_screenshot: bool = False) -> Turn:
-        """Add the turn of `item_id`, or bring the one already there up to date (a reply as it streams)."""
+               had_screenshot: bool = False, after: str | None = None) -> Turn:
+        """Add the turn of `item_id`, or bring the one already there up to date (a reply as it streams).
+        A new turn goes right after the turn of `after` (the item before it in the engine's conversation)
+        when that is here: a transcript that comes after the reply to it (the omni backend answers the
+        audio without waiting for Whisper) still lands before that reply."""
         turn = _new_turn(role, text, item_id, interrupted, had_screenshot)
         with self._lock:
             index = self._index_of(item_id)
-            if index is None:
+            before = None if after is None else self._index_of(after)
+            if index is None and before is not None and before < len(self._turns) - 1:
+                self._turns.insert(before + 1, turn)
+                del self._turns[:-self.max_turns]
+            elif index is None:
                 self._add(turn)
             else:  # it keeps the time it began
                 self._turns[index] = turn = replace(turn, at=self._turns[index].at)

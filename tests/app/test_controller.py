@@ -64,9 +64,11 @@ class RecordingMic:
 class MemoryHistory:
     def __init__(self):
         self.turns: dict[str, tuple] = {}
+        self.placed_after: dict[str, str | None] = {}
 
-    def record(self, role, text, item_id, interrupted=False, had_screenshot=False):
+    def record(self, role, text, item_id, interrupted=False, had_screenshot=False, after=None):
         self.turns[item_id] = (role, text, interrupted, had_screenshot)
+        self.placed_after[item_id] = after
 
     def as_conversation_items(self) -> list[dict]:
         return [{"type": "conversation.item.create", "item": {"id": item_id, "role": role}}
@@ -393,3 +395,13 @@ def test_a_new_session_is_seeded_and_its_items_are_the_ones_forgotten(qtbot):
     rig.event("conversation.item.created", item={"id": "item_seeded"})
     rig.controller.new_conversation()
     assert [e["item_id"] for e in rig.engine.of_type("conversation.item.delete")] == ["item_seeded"]
+
+
+def test_a_user_transcript_that_comes_after_the_reply_is_saved_before_it(qtbot):
+    """The omni backend answers the user's audio without waiting for Whisper, so the transcript may come last."""
+    rig = in_idle()
+    for item_id in ("item_a", "item_u", "item_r"):
+        rig.event("conversation.item.added", item={"id": item_id})
+    rig.event("conversation.item.input_audio_transcription.completed", item_id="item_u", transcript="Will it rain?")
+    # The history puts it after the item before it in the engine's conversation (test_history.py).
+    assert rig.history.placed_after["item_u"] == "item_a"

@@ -81,6 +81,17 @@ def test_record_adds_a_turn_or_brings_it_up_to_date(tmp_path):
     assert history.turns[1].at == first.at  # a turn keeps the time it began
 
 
+def test_a_transcript_that_comes_after_its_reply_goes_before_it(tmp_path):
+    history = ConversationHistory(tmp_path / "history.json")
+    history.record("user", "Hello", "item_1")
+    history.record("assistant", "Hi, how can I help?", "item_2")
+    history.record("assistant", "It will rain.", "item_4")  # its question's transcript is still on its way
+    history.record("user", "Will it rain?", "item_3", after="item_2")
+    history.record("user", "Thanks", "item_5", after="item_4")
+    history.record("user", "Bye", "item_9", after="item_gone")  # not here (forgotten): at the end
+    assert [t.item_id for t in history.turns] == ["item_1", "item_2", "item_3", "item_4", "item_5", "item_9"]
+
+
 def test_oldest_turns_go_past_max_turns(tmp_path):
     history = ConversationHistory(tmp_path / "history.json", max_turns=3)
     for index in range(5):
