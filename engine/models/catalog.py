@@ -30,6 +30,19 @@ class ModelFile:
     size: int
     parts: tuple[PackagePart, ...] = ()  # where an installed package ships it (in order)
     url: str | None = None  # where it can be downloaded from, if anywhere
+    blob_id: str = ""  # git blob SHA-1 (the hub's `blobId`), for a file kept outside LFS: checked when sha256 is ""
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.sha256 or self.blob_id)
+
+
+@dataclass(frozen=True)
+class HubRepo:
+    """A repository on the Hugging Face hub (or a hub mirror: CONFIDE_HUB_URL) that a model's files come from."""
+
+    repo: str  # "owner/name"
+    revision: str  # a branch, or the commit id the catalog's checksums were taken from
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,7 @@ class ModelSpec:
     files: tuple[ModelFile, ...]
     pip: tuple[str, ...] = ()  # requirements that install the shipping packages
     default: bool = False  # part of the embedded default set
+    hub: HubRepo | None = None  # files without a `url` download from this repository
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -65,25 +79,26 @@ _QWEN_15B_URL = (
 )
 
 # Qwen2.5-Omni checkpoints (--backend omni), fetched from the Hugging Face hub with `models fetch`.
-# How they are pinned, honestly: no model hub is reachable from the machines this code is built on, so
-# neither the file list nor the SHA-256 of any file could be checked here. The names below are the files
-# the official repositories list that the backend loads (shard counts as published for each size); the
-# checksums are left empty, so `models fetch` downloads (resumable, with progress) without verifying and
-# `models verify` reports them as "unpinned". To pin: fill `sha256`/`size` from the hub's LFS pointer of each file (the LFS oid is
-# the file's SHA-256) and replace "main" in _OMNI_REVISION with the commit id the hashes were taken from.
+# How they are pinned: no model hub is reachable from the machines this code is built on, so neither the file
+# list nor the SHA-256 of any file could be checked here, and the catalog records no checksum for them. The
+# names below are the files the official repositories list that the backend loads (shard counts as published
+# for each size). `models fetch` pins them itself (engine/models/hub_manifest.py): it asks the hub which commit
+# `main` is and each file's SHA-256 (LFS) or git blob id, downloads every file from that commit, verifies it,
+# and records the checksums beside the files, which resolve and `models verify` then check. To pin them here
+# instead (catalog pins win): fill `sha256`/`size` from the hub's LFS pointer of each file and replace "main"
+# in _OMNI_REVISION with the commit id the hashes were taken from.
 _OMNI_REVISION = "main"
 # Only what the backend loads (it builds its own prompts, so no chat template): every extra name is one
-# more chance of a 404 that would stop a fetch, and the listing could not be checked from here.
+# more chance of a missing file that would stop a fetch, and the listing could not be checked from here.
 _OMNI_COMMON_FILES = (
     "config.json", "preprocessor_config.json", "tokenizer_config.json", "tokenizer.json", "spk_dict.pt",
     "model.safetensors.index.json",
 )
 
 
-def _omni_files(repo: str, shards: int) -> tuple[ModelFile, ...]:
+def _omni_files(shards: int) -> tuple[ModelFile, ...]:
     names = (*_OMNI_COMMON_FILES, *(f"model-{i:05d}-of-{shards:05d}.safetensors" for i in range(1, shards + 1)))
-    return tuple(ModelFile(name, "", 0, url=f"https://huggingface.co/{repo}/resolve/{_OMNI_REVISION}/{name}")
-                 for name in names)
+    return tuple(ModelFile(name, "", 0) for name in names)
 
 
 MODELS: tuple[ModelSpec, ...] = (
@@ -248,16 +263,18 @@ MODELS: tuple[ModelSpec, ...] = (
         role="omni",
         description="Qwen2.5-Omni-3B (bf16 safetensors, ~11 GB): audio and images in, text and 24 kHz speech out",
         licence="Qwen Research License (non-commercial; see the model card)",
-        origin="Qwen/Qwen2.5-Omni-3B on the Hugging Face hub, downloaded by `models fetch` (checksums unpinned)",
-        files=_omni_files("Qwen/Qwen2.5-Omni-3B", 3),
+        origin="Qwen/Qwen2.5-Omni-3B on the Hugging Face hub, downloaded by `models fetch` (pinned at fetch)",
+        files=_omni_files(3),
+        hub=HubRepo("Qwen/Qwen2.5-Omni-3B", _OMNI_REVISION),
     ),
     ModelSpec(
         id="qwen2.5-omni-7b",
         role="omni",
         description="Qwen2.5-Omni-7B (bf16 safetensors, ~22 GB): better answers; a 24 GB GPU, or int4 on 16 GB",
         licence="Apache-2.0",
-        origin="Qwen/Qwen2.5-Omni-7B on the Hugging Face hub, downloaded by `models fetch` (checksums unpinned)",
-        files=_omni_files("Qwen/Qwen2.5-Omni-7B", 5),
+        origin="Qwen/Qwen2.5-Omni-7B on the Hugging Face hub, downloaded by `models fetch` (pinned at fetch)",
+        files=_omni_files(5),
+        hub=HubRepo("Qwen/Qwen2.5-Omni-7B", _OMNI_REVISION),
     ),
 )
 

@@ -1,4 +1,4 @@
-"""Download one file over HTTP: resumable, SHA-256 verified, renamed into place only once it is good.
+"""Download one file over HTTP: resumable, verified (SHA-256, or a git blob id), renamed into place once good.
 
 Only the stdlib (urllib) is used, so fetching weights adds no dependency. The errors are defined here,
 at the lowest layer, and shared with the store: every one is a `ModelFileError` with a one-line,
@@ -75,12 +75,13 @@ ByteProgress = Callable[[int, int], None]
 
 def download(url: str, target: Path, sha256: str, size: int = 0, progress: bool = False,
              timeout: float = TIMEOUT_S, on_progress: ByteProgress | None = None,
-             cancel: CancelFlag | None = None) -> Path:
+             cancel: CancelFlag | None = None, blob_id: str = "") -> Path:
     """Fetch `url` into `target` through `<target>.part`, resuming a `.part` left by an earlier try.
 
-    `size` (0 if unknown) sizes the progress bar and the free-space check. A wrong SHA-256 removes the
-    `.part` and raises ChecksumMismatch; `target` is only ever replaced by a verified file. `on_progress`
-    hears every block; `cancel` set stops the download with Cancelled, keeping the `.part` to resume from.
+    `size` (0 if unknown) sizes the progress bar and the free-space check. A wrong SHA-256 (or, with
+    `blob_id`, a wrong git blob SHA-1) removes the `.part` and raises ChecksumMismatch; `target` is only
+    ever replaced by a verified file. `on_progress` hears every block; `cancel` set stops the download with
+    Cancelled, keeping the `.part` to resume from.
     """
     part = target.with_name(target.name + ".part")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -96,15 +97,28 @@ def download(url: str, target: Path, sha256: str, size: int = 0, progress: bool 
                 raise
             part.unlink()  # the server cannot resume from this .part: start over once
             _receive(url, part, 0, size, progress, timeout, on_progress, cancel)
-    got = sha256_of(part)
-    if sha256 and got != sha256:
-        part.unlink()
-        raise ChecksumMismatch(
-            f"{url}: downloaded {target.name} has SHA-256 {got}, expected {sha256}; "
-            "the bad file was removed; try again (if it repeats, the server holds a different file)"
-        )
+    for kind, expected, digest_of in (("SHA-256", sha256, sha256_of), ("git blob id", blob_id, git_blob_sha1)):
+        got = digest_of(part) if expected else ""
+        if got != expected:
+            part.unlink()
+            raise ChecksumMismatch(
+                f"{url}: downloaded {target.name} has {kind} {got}, expected {expected}; "
+                "the bad file was removed; try again (if it repeats, the server holds a different file)"
+            )
     publish(part, target)
     return target
+
+
+def fetch_bytes(url: str, limit: int, timeout: float = TIMEOUT_S) -> bytes:
+    """The whole body at `url` (a manifest, not a model file), refused past `limit` bytes."""
+    with _open(url, 0, timeout) as response:
+        try:
+            body = response.read(limit + 1)
+        except (OSError, http.client.HTTPException) as error:
+            raise DownloadInterrupted(f"{url}: connection lost ({error}); try again") from error
+    if len(body) > limit:
+        raise DownloadError(f"{url}: the answer is over {limit} bytes, more than a manifest can be")
+    return body
 
 
 def publish(temp: Path, target: Path) -> None:
@@ -125,6 +139,15 @@ def sha256_of(*paths: Path, chunk: int = 1 << 20) -> str:
         with open(path, "rb") as handle:
             while block := handle.read(chunk):
                 digest.update(block)
+    return digest.hexdigest()
+
+
+def git_blob_sha1(path: Path, chunk: int = 1 << 20) -> str:
+    """The file's git blob id: SHA-1 of `blob <size>\\0` and its bytes (what the hub lists as `blobId`)."""
+    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
     return digest.hexdigest()
 
 

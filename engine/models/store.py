@@ -2,12 +2,18 @@
 
 resolve() never touches the network; only fetch() downloads. Every file is checked against the catalog's
 SHA-256, but through verification stamps, so a start-up hashes a file only when it is new or has changed.
+A hub model the catalog could not pin (no checksums) is pinned by fetch() itself, from the hub's listing of one
+commit (engine/models/hub_manifest.py); the record it leaves beside the files stands in for the catalog's
+checksums from then on (catalog checksums, where there are any, still win).
 
 Downloads come from each file's catalog URL (through the proxy in https_proxy / http_proxy, if set), or with a
 mirror (CONFIDE_MODELS_MIRROR=BASE_URL: a network where the hub is blocked or out of reach, one machine serving
 many) from BASE_URL/<model id>/<file name>, the cache's own layout: another machine's `~/.cache/confide/models`
 served over HTTP mirrors what that machine downloaded or assembled. With a mirror every file of the catalog
-can be downloaded, not only those with a URL; the SHA-256 check is the same.
+can be downloaded, not only those with a URL; the SHA-256 check is the same, and a model pinned at fetch is
+checked against the record the mirror serves at BASE_URL/<model id>/hub-manifest.json (without one, its files
+download unverified, as they would without a record). Hub models (a catalog entry's `hub`) come from
+CONFIDE_HUB_URL (default https://huggingface.co): a mirror of the hub that serves its API, or a test's emulator.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -33,11 +39,24 @@ from engine.models.download import (
     CancelFlag,
     Cancelled,
     ChecksumMismatch,
+    HttpStatusError,
     ModelFileError,
     disk_full_reported,
     download,
+    fetch_bytes,
+    git_blob_sha1,
     publish,
     sha256_of,
+)
+from engine.models.hub_manifest import (
+    MANIFEST_LIMIT,
+    MANIFEST_NAME,
+    Snapshot,
+    fetch_snapshot,
+    parse_recorded,
+    read_recorded,
+    record,
+    resolve_url,
 )
 
 __all__ = [
@@ -92,9 +111,9 @@ class FileCheck:
 
     model_id: str
     name: str
-    status: str  # ok | missing | mismatch | unpinned (the catalog has no checksum for it yet)
+    status: str  # ok | missing | mismatch | unpinned (no checksum in the catalog, and none recorded at fetch)
     source: str = ""  # package | local | cache, when the file was found
-    detail: str = ""
+    detail: str = ""  # what is wrong; for a file pinned at fetch, also "pinned at fetch, commit <id>"
 
 
 @dataclass(frozen=True)
@@ -124,6 +143,14 @@ class PendingWork:
 def default_cache_dir() -> Path:
     override = os.environ.get("CONFIDE_MODELS_DIR")
     return Path(override) if override else Path(platformdirs.user_cache_dir("confide")) / "models"
+
+
+HUB_URL = "https://huggingface.co"
+
+
+def default_hub_url() -> str:
+    """CONFIDE_HUB_URL, else the Hugging Face hub: where hub models' listings and files come from."""
+    return os.environ.get("CONFIDE_HUB_URL", "") or HUB_URL
 
 
 def default_mirror() -> str:
@@ -195,9 +222,11 @@ class ModelStore:
         local_paths: dict[str, Path] | None = None,
         catalog: Iterable[ModelSpec] | None = None,
         mirror: str | None = None,
+        hub_url: str | None = None,
     ):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.mirror = (mirror or default_mirror()).rstrip("/") or None
+        self.hub_url = (hub_url or default_hub_url()).rstrip("/")
         self.local_paths = {model_id: Path(path) for model_id, path in (local_paths or {}).items()}
         self.catalog = tuple(catalog) if catalog is not None else MODELS
         self.stamps = VerificationStamps(self.cache_dir / "verified.json")
@@ -233,48 +262,66 @@ class ModelStore:
         """Verified paths of every file of the model; never touches the network. `on_progress` hears the
         assembly of split files; `cancel` stops it with Cancelled (the part written resumes next time)."""
         spec = self.spec(model_id)
+        recorded = self._recorded(spec)
         files: dict[str, Path] = {}
         sources: dict[str, str] = {}
         for model_file in spec.files:
             source = self._locate(spec, model_file)
             if source is None:
                 raise ModelUnavailable(f"model {spec.id!r} is not available; {self._how_to_get(spec)}")
-            files[model_file.name] = self._checked(spec, model_file, source, on_progress, cancel)
+            held_to = _pinned(model_file, recorded if source.kind == "cache" else None)
+            files[model_file.name] = self._checked(spec, held_to, source, on_progress, cancel)
             sources[model_file.name] = source.kind
         return ResolvedModel(spec, files, sources)
 
     def fetch(self, model_id: str, progress: bool = True, on_progress: ProgressCallback | None = None,
               cancel: CancelFlag | None = None) -> list[Path]:
         """Download every file of the model that has a URL into the cache; files already good are kept.
-        `progress` draws a terminal bar; `on_progress` and `cancel` as for resolve()."""
+        A file the catalog does not pin is pinned first from the hub's (or the mirror's) listing, which is
+        recorded beside the files before any is written. `progress` draws a terminal bar; `on_progress` and
+        `cancel` as for resolve()."""
         spec = self.spec(model_id)
         downloadable = [model_file for model_file in spec.files if self.url(spec, model_file)]
         if not downloadable:
             raise NoDownloadUrl(
                 f"model {spec.id!r} has no download URL; {self._how_to_get(spec, downloading=False)}"
             )
+        snapshot = self._snapshot(spec, downloadable)
+        if snapshot is not None:
+            self._adopt(spec, snapshot)
         paths = []
         for model_file in downloadable:
             target = self._cache_path(spec, model_file)
-            if not (target.is_file() and self._problem(model_file, target) is None):
-                download(self.url(spec, model_file), target, model_file.sha256, model_file.size, progress,
-                         on_progress=_bytes_to(on_progress, spec.id, model_file.name, "downloading"),
-                         cancel=cancel)
-                if model_file.sha256:
-                    self.stamps.record_written(target, model_file.sha256)  # download() has just verified it
+            held_to = _pinned(model_file, snapshot)
+            if not (target.is_file() and self._problem(held_to, target) is None):
+                download(self._download_url(spec, model_file, snapshot), target, held_to.sha256, held_to.size,
+                         progress, on_progress=_bytes_to(on_progress, spec.id, model_file.name, "downloading"),
+                         cancel=cancel, blob_id=held_to.blob_id)
+                if held_to.sha256:
+                    self.stamps.record_written(target, held_to.sha256)  # download() has just verified it
             paths.append(target)
         return paths
+
+    def recorded(self, model_id: str) -> Snapshot | None:
+        """What the last fetch pinned the model's cached files to (None: nothing recorded)."""
+        return read_recorded(self._manifest_path(self.spec(model_id)))
 
     def url(self, spec: ModelSpec, model_file: ModelFile) -> str | None:
         """Where the file downloads from: the mirror when one is set, else the catalog's URL (if any)."""
         if self.mirror:
             return f"{self.mirror}/{quote(spec.id)}/{quote(model_file.name)}"
+        if model_file.url is None and spec.hub is not None:
+            return resolve_url(self.hub_url, spec.hub.repo, spec.hub.revision, model_file.name)
         return model_file.url
 
     def verify(self, model_id: str | None = None) -> list[FileCheck]:
         """Re-hash every file of one model (or all) that can be found, ignoring stamps."""
         specs = [self.spec(model_id)] if model_id else self.catalog
-        return [self._verify_file(spec, model_file) for spec in specs for model_file in spec.files]
+        checks = []
+        for spec in specs:
+            recorded = self._recorded(spec)
+            checks.extend(self._verify_file(spec, model_file, recorded) for model_file in spec.files)
+        return checks
 
     def remedy(self, model_id: str) -> str:
         """What to do about a missing or damaged file of the model, for where its files come from."""
@@ -329,6 +376,46 @@ class ModelStore:
     def _cache_path(self, spec: ModelSpec, model_file: ModelFile) -> Path:
         return self.cache_dir / spec.id / model_file.name
 
+    def _manifest_path(self, spec: ModelSpec) -> Path:
+        return self.cache_dir / spec.id / MANIFEST_NAME
+
+    def _recorded(self, spec: ModelSpec) -> Snapshot | None:
+        """The record of the last fetch, when some file of the model needs one (the catalog pins the rest)."""
+        return None if all(model_file.pinned for model_file in spec.files) else self.recorded(spec.id)
+
+    def _snapshot(self, spec: ModelSpec, files: list[ModelFile]) -> Snapshot | None:
+        """How the hub (or the mirror's record) pins the files the catalog does not; None: nothing pins them."""
+        names = [model_file.name for model_file in files if not model_file.pinned]
+        if not names:
+            return None
+        if self.mirror:
+            url = f"{self.mirror}/{quote(spec.id)}/{MANIFEST_NAME}"
+            try:
+                return parse_recorded(fetch_bytes(url, MANIFEST_LIMIT), url, names)
+            except HttpStatusError as error:
+                if error.status == 404:
+                    log.warning("%s: the mirror has no %s; its files download unverified", spec.id, MANIFEST_NAME)
+                    return None
+                raise
+        if spec.hub is None:
+            return None
+        return fetch_snapshot(self.hub_url, spec.hub.repo, spec.hub.revision, names)
+
+    def _adopt(self, spec: ModelSpec, snapshot: Snapshot) -> None:
+        """Record `snapshot` as what the cached files are held to; a `.part` begun under another pin is dropped,
+        as resuming it would join two versions of the file."""
+        previous = self.recorded(spec.id)
+        for name, pin in snapshot.files.items():
+            if previous is not None and previous.files.get(name) != pin:
+                (self.cache_dir / spec.id / f"{name}.part").unlink(missing_ok=True)
+        record(snapshot, self._manifest_path(spec))
+
+    def _download_url(self, spec: ModelSpec, model_file: ModelFile, snapshot: Snapshot | None) -> str:
+        """The file at the snapshot's commit when the hub pinned it, so every file comes from that one commit."""
+        if snapshot is not None and spec.hub is not None and not self.mirror and model_file.url is None:
+            return resolve_url(self.hub_url, spec.hub.repo, snapshot.commit, model_file.name)
+        return self.url(spec, model_file)
+
     def _checked(self, spec: ModelSpec, model_file: ModelFile, source: Source,
                  on_progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> Path:
         if len(source.paths) > 1:
@@ -341,11 +428,14 @@ class ModelStore:
 
     def _problem(self, model_file: ModelFile, path: Path, rehash: bool = False) -> str | None:
         """What is wrong with `path` as `model_file`, or None when it checks out (or cannot be checked)."""
-        if not model_file.sha256:
+        if not model_file.pinned:
             return None
         size = path.stat().st_size
         if size != model_file.size:
             return f"is {size} bytes, expected {model_file.size}"
+        if not model_file.sha256:  # a small file the hub keeps in git: its blob id (hashed every time; it is small)
+            got = git_blob_sha1(path)
+            return None if got == model_file.blob_id else f"has git blob id {got}, expected {model_file.blob_id}"
         got = self.stamps.sha256(path, rehash=rehash)
         return None if got == model_file.sha256 else f"has SHA-256 {got}, expected {model_file.sha256}"
 
@@ -391,21 +481,23 @@ class ModelStore:
         self.stamps.record_written(target, digest)
         return target
 
-    def _verify_file(self, spec: ModelSpec, model_file: ModelFile) -> FileCheck:
+    def _verify_file(self, spec: ModelSpec, model_file: ModelFile, recorded: Snapshot | None) -> FileCheck:
         source = self._locate(spec, model_file)
         if source is None:
             return FileCheck(spec.id, model_file.name, "missing")
-        if not model_file.sha256:
+        held_to = _pinned(model_file, recorded if source.kind == "cache" else None)
+        if not held_to.pinned:
             return FileCheck(spec.id, model_file.name, "unpinned", source.kind)
         assembled = self._cache_path(spec, model_file)
         if len(source.paths) > 1 and not assembled.is_file():
             got = sha256_of(*source.paths)  # not assembled yet: check the parts as they would be joined
-            problem = None if got == model_file.sha256 else f"has SHA-256 {got}, expected {model_file.sha256}"
+            problem = None if got == held_to.sha256 else f"has SHA-256 {got}, expected {held_to.sha256}"
         else:
             path = assembled if len(source.paths) > 1 else source.paths[0]
-            problem = self._problem(model_file, path, rehash=True)
+            problem = self._problem(held_to, path, rehash=True)
+        note = f"pinned at fetch, commit {recorded.commit}" if held_to is not model_file else ""
         status = "mismatch" if problem else "ok"
-        return FileCheck(spec.id, model_file.name, status, source.kind, problem or "")
+        return FileCheck(spec.id, model_file.name, status, source.kind, "; ".join(filter(None, (problem, note))))
 
     @staticmethod
     def _remedy(spec: ModelSpec, kind: str) -> str:
@@ -423,6 +515,15 @@ class ModelStore:
             ways.append(f"confide-engine models fetch {spec.id}")
         ways.append("a local path pointed at its files")
         return "get it with: " + " or ".join(ways)
+
+
+def _pinned(model_file: ModelFile, snapshot: Snapshot | None) -> ModelFile:
+    """The file with the checksums it is held to: the catalog's, else the snapshot's (when it lists the file)."""
+    pin = snapshot.files.get(model_file.name) if snapshot is not None and not model_file.pinned else None
+    if pin is None:
+        return model_file
+    return replace(model_file, sha256=pin.sha256, size=pin.size, blob_id=pin.blob_id)
+
 
 def _bytes_to(on_progress: ProgressCallback | None, model_id: str, name: str, stage: str) -> ByteProgress | None:
     if on_progress is None:
