@@ -51,7 +51,8 @@ FILES = checkpoint()
 
 
 @pytest.fixture
-def hub():
+def hub(monkeypatch):
+    monkeypatch.delenv("CONFIDE_MODELS_MIRROR", raising=False)  # the hub, not a mirror, unless a test says so
     emulator = HubEmulator()
     emulator.commit(HUB_REPO, FILES)
     with emulator:
@@ -73,7 +74,6 @@ def resolve_path(commit: str, name: str) -> str:
 def test_the_cli_fetch_pins_every_file_to_one_commit_and_verify_reports_them_ok(hub, tmp_path):
     commit = hub.refs[HUB_REPO, "main"]
     env = {**os.environ, "CONFIDE_MODELS_DIR": str(tmp_path), "CONFIDE_HUB_URL": hub.url}
-    env.pop("CONFIDE_MODELS_MIRROR", None)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "engine", "models", *args], cwd=REPO_ROOT, env=env,
