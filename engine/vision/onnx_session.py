@@ -16,5 +16,6 @@ def cpu_session(model: Path | bytes, threads: int) -> onnxruntime.InferenceSessi
     # Idle pool threads must sleep, not spin: speech recognition may be running on the other core.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
+    options.enable_mem_pattern = False  # every screenshot has its own shapes: no memory plan per shape (see speech/tts.py)
     source = model if isinstance(model, bytes) else str(model)
     return onnxruntime.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
