@@ -90,8 +90,8 @@ class _SavedHistory:
         self._on_error = on_error
         self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history")
 
-    def record(self, role, text, item_id, interrupted=False, had_screenshot=False) -> None:
-        self._history.record(role, text, item_id, interrupted=interrupted, had_screenshot=had_screenshot)
+    def record(self, role, text, item_id, interrupted=False, had_screenshot=False, after=None) -> None:
+        self._history.record(role, text, item_id, interrupted=interrupted, had_screenshot=had_screenshot, after=after)
         self._saver.submit(self._save)
 
     def as_conversation_items(self) -> list[dict]:

@@ -45,8 +45,8 @@ class MicPort(Protocol):
 
 
 class HistoryPort(Protocol):
-    def record(self, role: str, text: str, item_id: str, interrupted: bool = False,
-               had_screenshot: bool = False) -> None: ...  # adds the turn, or replaces the one with that id
+    def record(self, role: str, text: str, item_id: str, interrupted: bool = False, had_screenshot: bool = False,
+               after: str | None = None) -> None: ...  # adds the turn (after `after`'s), or replaces the one with that id
     def as_conversation_items(self) -> list[dict]: ...
     def clear(self) -> None: ...
 
