@@ -10,8 +10,10 @@ import time
 from collections.abc import AsyncIterator
 
 import numpy as np
+import pytest
 import websockets
 
+from engine.assembly import build_engine
 from engine.audio.pcm import float_to_pcm16
 from engine.realtime.server import RealtimeServer
 
@@ -27,6 +29,25 @@ async def serving(engine, token: str) -> AsyncIterator[str]:
         await server.stop()
 
 
+def engine_fixtures(token: str, *build_args, **build_kwargs):
+    """Module-scoped `engine` (build_engine(*build_args, **build_kwargs), its backend closed after) and
+    `server_url` (it served with `token`) fixtures, for a test module to bind:
+    `engine, server_url = engine_fixtures(TOKEN, ...)`."""
+
+    @pytest.fixture(scope="module")
+    def engine():
+        engine = build_engine(*build_args, **build_kwargs)
+        yield engine
+        engine.backend.close()
+
+    @pytest.fixture(scope="module")
+    async def server_url(engine):
+        async with serving(engine, token) as url:
+            yield url
+
+    return engine, server_url
+
+
 class RealtimeTestClient:
     def __init__(self, websocket):
         self.ws = websocket
@@ -39,6 +60,14 @@ class RealtimeTestClient:
                                       max_size=None, compression=None, **kwargs)
         client = cls(ws)
         await client.expect("session.created")
+        return client
+
+    @classmethod
+    async def with_session(cls, url: str, token: str, **session) -> RealtimeTestClient:
+        """Connected, with `session.update` sent ({"type": "realtime", **session}) and acknowledged."""
+        client = await cls.connect(url, token)
+        await client.send("session.update", session={"type": "realtime", **session})
+        await client.expect("session.updated")
         return client
 
     async def send(self, event_type: str, **fields) -> None:

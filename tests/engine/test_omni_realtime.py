@@ -17,37 +17,24 @@ import numpy as np
 import pytest
 import torch
 
-from engine.assembly import build_engine
 from engine.audio.pcm import PROTOCOL_RATE
 from engine.backends.omni.loading import check_memory, load
 from engine.backends.omni.settings import NotEnoughMemory, OmniLoadError, OmniSettings
 from engine.backends.omni.token2wav import ChunkSettings, Token2Wav
-from tests.engine.realtime_client import RealtimeTestClient, audio_of, serving, transcript_of
+from tests.engine.realtime_client import RealtimeTestClient, audio_of, engine_fixtures, transcript_of
 
 torch.set_num_threads(1)
 TOKEN = "omni-token"
 SETTINGS = OmniSettings(model="tiny", seed=3, threads=1, max_reply_tokens=40, max_speech_s=3.0)
 
 
-@pytest.fixture(scope="module")
-def engine():
-    engine = build_engine("omni", omni=SETTINGS)
-    yield engine
-    engine.backend.close()
-
-
-@pytest.fixture(scope="module")
-async def server_url(engine):
-    async with serving(engine, TOKEN) as url:
-        yield url
+engine, server_url = engine_fixtures(TOKEN, "omni", omni=SETTINGS)
 
 
 @pytest.fixture
 async def client(server_url):
-    client = await RealtimeTestClient.connect(server_url, TOKEN)
-    await client.send("session.update", session={"type": "realtime", "instructions": "Be brief.",
-                                                 "audio": {"input": {"turn_detection": None}}})
-    await client.expect("session.updated")
+    client = await RealtimeTestClient.with_session(server_url, TOKEN, instructions="Be brief.",
+                                                   audio={"input": {"turn_detection": None}})
     yield client
     await client.close()
 

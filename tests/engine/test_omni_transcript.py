@@ -10,17 +10,15 @@ import threading
 from dataclasses import replace
 
 import numpy as np
-import pytest
 import torch
 
-from engine.assembly import build_engine
 from engine.audio.pcm import PROTOCOL_RATE
 from engine.backends.omni.settings import OmniSettings
 from engine.backends.omni.transcripts import load_asr
 from engine.cli import build_parser
 from engine.models.store import ModelStore
 from engine.realtime.serve_command import omni_arguments, omni_settings
-from tests.engine.realtime_client import RealtimeTestClient, audio_of, serving
+from tests.engine.realtime_client import RealtimeTestClient, audio_of, engine_fixtures
 from tests.speakers import say
 
 torch.set_num_threads(1)
@@ -33,25 +31,12 @@ def words(text: str) -> list[str]:
     return re.findall(r"[a-z']+", text.lower())
 
 
-@pytest.fixture(scope="module")
-def engine():
-    engine = build_engine("omni", omni=SETTINGS)
-    yield engine
-    engine.backend.close()
-
-
-@pytest.fixture(scope="module")
-async def server_url(engine):
-    async with serving(engine, TOKEN) as url:
-        yield url
+engine, server_url = engine_fixtures(TOKEN, "omni", omni=SETTINGS)
 
 
 async def connect(url: str, turn_detection: dict | None) -> RealtimeTestClient:
-    client = await RealtimeTestClient.connect(url, TOKEN)
-    await client.send("session.update", session={"type": "realtime", "instructions": "Be brief.",
-                                                 "audio": {"input": {"turn_detection": turn_detection}}})
-    await client.expect("session.updated")
-    return client
+    return await RealtimeTestClient.with_session(url, TOKEN, instructions="Be brief.",
+                                                 audio={"input": {"turn_detection": turn_detection}})
 
 
 async def test_a_spoken_turn_is_transcribed_while_the_model_answers_its_audio(engine, server_url):

@@ -9,9 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from engine.assembly import build_engine
 from engine.audio.pcm import PROTOCOL_RATE, resample
-from tests.engine.realtime_client import RealtimeTestClient, audio_of, serving, transcript_of
+from tests.engine.realtime_client import RealtimeTestClient, audio_of, engine_fixtures, transcript_of
 from tests.speakers import say
 
 TOKEN = "end-to-end-token"
@@ -25,25 +24,13 @@ def words(text: str) -> list[str]:
     return [NUMBER_WORDS.get(t, t) for t in tokens]
 
 
-@pytest.fixture(scope="module")
-def engine():
-    engine = build_engine(seed=7)
-    yield engine
-    engine.backend.close()
-
-
-@pytest.fixture(scope="module")
-async def server_url(engine):
-    async with serving(engine, TOKEN) as url:
-        yield url
+engine, server_url = engine_fixtures(TOKEN, seed=7)
 
 
 @pytest.fixture
 async def client(server_url):
-    client = await RealtimeTestClient.connect(server_url, TOKEN)
-    await client.send("session.update", session={"type": "realtime", "instructions":
-                                                 "You are a helpful voice assistant. Answer in one short sentence."})
-    await client.expect("session.updated")
+    client = await RealtimeTestClient.with_session(
+        server_url, TOKEN, instructions="You are a helpful voice assistant. Answer in one short sentence.")
     yield client
     await client.close()
 

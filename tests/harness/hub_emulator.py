@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
+
+from tests.harness.http_files import FileHandler, LoopbackServer
 
 LFS_SUFFIXES = (".safetensors", ".pt", ".bin")  # stored in LFS, as the hub's default .gitattributes has them
 
@@ -36,7 +36,7 @@ def lfs_pointer(data: bytes) -> bytes:
             f"size {len(data)}\n").encode()
 
 
-class HubEmulator:
+class HubEmulator(LoopbackServer):
     def __init__(self):
         self.commits: dict[str, dict[str, bytes]] = {}  # commit id -> {file name: bytes}
         self.refs: dict[tuple[str, str], str] = {}  # (repo, branch) -> commit id
@@ -45,12 +45,7 @@ class HubEmulator:
         self.cut_after: dict[str, int] = {}  # file name -> bytes sent before hanging up, once
         self.on_request: Callable[[str], None] | None = None
         self.requests: list[tuple[str, str | None]] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.hub = self
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="hub-emulator", daemon=True)
+        super().__init__(_Handler, "hub-emulator")
 
     def commit(self, repo: str, files: dict[str, bytes], branch: str = "main") -> str:
         """Store a snapshot of `repo` and point `branch` at it; returns its commit id."""
@@ -80,23 +75,11 @@ class HubEmulator:
             return revision
         return self.refs.get((repo, revision))
 
-    def __enter__(self) -> HubEmulator:
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
+class _Handler(FileHandler):
     def do_GET(self) -> None:
-        hub: HubEmulator = self.server.hub
-        range_header = self.headers.get("Range")
-        hub.requests.append((self.path, range_header))
+        hub: HubEmulator = self.owner
+        range_header = self.record()
         if hub.on_request is not None:
             hub.on_request(self.path)
         url = urlsplit(self.path)
@@ -126,20 +109,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if name in hub.corrupt:
             data = data[:-1] + bytes([data[-1] ^ 0xFF])
-        start = int(range_header.removeprefix("bytes=").split("-")[0]) if range_header else 0
-        if start >= len(data) and start:
-            self.send_response(416)
-            self.send_header("Content-Range", f"bytes */{len(data)}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+        start = self.start_range_answer(len(data), range_header, {"X-Repo-Commit": commit})
+        if start is None:
             return
-        self.send_response(206 if start else 200)
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(data) - start))
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("X-Repo-Commit", commit)
-        self.end_headers()
         body = data[start:]
         cut = hub.cut_after.pop(name, None)
         try:
@@ -156,6 +128,3 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass

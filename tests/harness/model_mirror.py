@@ -19,65 +19,41 @@ from __future__ import annotations
 import os
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote
+
+from tests.harness.http_files import FileHandler, LoopbackServer
 
 BLOCK = 1 << 16
 TRICKLE_BLOCK = 1 << 12
 TRICKLE_PAUSE_S = 0.005
 
 
-class ModelMirror:
+class ModelMirror(LoopbackServer):
     def __init__(self, root: Path, trickle_after: int | None = None, stall_after: int | None = None):
         self.root = Path(root)
         self.trickle_after = trickle_after  # bytes of one answer sent at full speed; None: all of it
         self.stall_after = stall_after  # bytes of one answer sent before hanging; None: never hangs
         self.stopping = threading.Event()
         self.requests: list[tuple[str, str | None]] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.mirror = self
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="model-mirror", daemon=True)
-
-    def __enter__(self) -> ModelMirror:
-        self._thread.start()
-        return self
+        super().__init__(_Handler, "model-mirror")
 
     def __exit__(self, *exc) -> None:
         self.stopping.set()  # a stalled answer ends
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
+        super().__exit__(*exc)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
+class _Handler(FileHandler):
     def do_GET(self) -> None:
-        mirror: ModelMirror = self.server.mirror
-        range_header = self.headers.get("Range")
-        mirror.requests.append((self.path, range_header))
+        mirror: ModelMirror = self.owner
+        range_header = self.record()
         path = (mirror.root / unquote(self.path).lstrip("/")).resolve()
         if not path.is_relative_to(mirror.root.resolve()) or not path.is_file():
             self.send_error(404)
             return
-        size = path.stat().st_size
-        start = int(range_header.removeprefix("bytes=").split("-")[0]) if range_header else 0
-        if start and start >= size:
-            self.send_response(416)
-            self.send_header("Content-Range", f"bytes */{size}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+        start = self.start_range_answer(path.stat().st_size, range_header)
+        if start is None:
             return
-        self.send_response(206 if start else 200)
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
-        self.send_header("Content-Length", str(size - start))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
         with open(path, "rb") as handle:
             handle.seek(start)
             self._send(handle, mirror)
@@ -102,9 +78,6 @@ class _Handler(BaseHTTPRequestHandler):
                     time.sleep(TRICKLE_PAUSE_S)
         except (BrokenPipeError, ConnectionResetError):
             return  # the client stopped reading (a cancelled download): nothing more to send
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 def flip_a_byte(path: Path, offset: int) -> None:
