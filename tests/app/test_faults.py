@@ -205,7 +205,7 @@ def test_disk_full_while_saving_the_history(pulse_audio, qtbot, tmp_path, monkey
         pump(qtbot, lambda: seen.said("could not be saved", since=full), 5, "a message that saving failed")
         told_at, message = next((at, text) for at, text, _ in seen.messages if "could not be saved" in text)
         told_s = told_at - full
-        assert "No space left on device" in message and "intact" in message and "[Errno" not in message
+        assert "No space left on device" in message and "unchanged" in message and "[Errno" not in message
         assert path.read_bytes() == good  # the last good history, byte for byte
         assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "history.json"]  # no temp file left
         assert app.controller.state is AppState.LISTENING  # the conversation goes on
