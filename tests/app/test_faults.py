@@ -65,6 +65,15 @@ def test_microphone_unplugged_and_plugged_back(pulse_audio, qtbot, tmp_path, mon
 # --- the speaker ----------------------------------------------------------------------------------
 
 
+def _only_the_new_reply_plays(qtbot, app, recording) -> None:
+    """Question 3 is answered on the speaker that came back, and nothing of the two replies before it plays."""
+    with recording as heard:
+        answer(qtbot, app, "question 3")
+        qtbot.wait(100)
+    assert tone_ms(heard.audio(), 3) > 1500
+    assert tone_ms(heard.audio(), 1) == tone_ms(heard.audio(), 2) == 0
+
+
 def test_chosen_speaker_unplugged_mid_reply(pulse_audio, qtbot, tmp_path, monkeypatch):
     """The speaker the person chose disappears mid-reply: the app says so, is not left "speaking" with
     nothing to speak on, shows replies as text meanwhile, and plays on it again once it is back."""
@@ -92,12 +101,7 @@ def test_chosen_speaker_unplugged_mid_reply(pulse_audio, qtbot, tmp_path, monkey
         plugged = time.monotonic()
         pulse_audio.plug("headset")
         back_s = pump(qtbot, lambda: app.speaker.running, RECOVERY_TIMEOUT_S, "the speaker to come back")
-        with pulse_audio.record("headset.monitor") as heard:
-            answer(qtbot, app, "question 3")
-            qtbot.wait(100)
-        # The new reply plays on the headset; nothing of the two before it does.
-        assert tone_ms(heard.audio(), 3) > 1500
-        assert tone_ms(heard.audio(), 1) == tone_ms(heard.audio(), 2) == 0
+        _only_the_new_reply_plays(qtbot, app, pulse_audio.record("headset.monitor"))  # on the headset
     report("fault: chosen speaker unplugged mid-reply -> message", f"{told_s:.2f}", "s")
     report("fault: chosen speaker plugged back -> open again", f"{back_s:.2f}", "s")
 
@@ -124,11 +128,7 @@ def test_every_speaker_gone_mid_reply(pulse_audio, qtbot, tmp_path, monkeypatch)
             pulse_audio.restore()
         back_s = pump(qtbot, lambda: app.speaker.running and app.microphone.running, RECOVERY_TIMEOUT_S,
                       "the devices to come back")
-        with pulse_audio.record_speaker() as heard:
-            answer(qtbot, app, "question 3")
-            qtbot.wait(100)
-        assert tone_ms(heard.audio(), 3) > 1500
-        assert tone_ms(heard.audio(), 1) == tone_ms(heard.audio(), 2) == 0
+        _only_the_new_reply_plays(qtbot, app, pulse_audio.record_speaker())
     report("fault: every speaker gone mid-reply -> message", f"{told_s:.2f}", "s")
     report("fault: devices back -> both open again", f"{back_s:.2f}", "s")
 
