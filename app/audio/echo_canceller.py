@@ -294,7 +294,7 @@ class EchoCanceller:
         self.frames_cancelled += 1
         self._recent_near.add(frame)
         self._recent_far.add(far)
-        if self._excess is not None:
+        if self._excess is not None and self.echo_heard():  # with headphones on nobody reads it
             if self._played.placements != self._placements:
                 self._placements, self._lag_trusted = self._played.placements, False
             delayed_far = self._recent_far.last(max(self._echo_lag - LEAD, 0) + FRAME)[:FRAME]
