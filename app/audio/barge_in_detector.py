@@ -71,8 +71,10 @@ class BargeInDetector:
         excess = self._canceller.last_excess
         # What the canceller leaves must never pass for the person.
         vad.threshold, vad.sure_threshold = self.strict_threshold, None
-        vad.min_speech_ms = min_speech_ms if excess is None else max(min_speech_ms,
-                                                                      CANCELLED_BESIDE_EXCESS_MIN_SPEECH_MS)
+        # Slow beside the excess, and also where the excess is withheld for a moment (the reference was
+        # just placed afresh): AEC3 leaks most then, and one 64 ms burst of it once passed for the person.
+        vad.min_speech_ms = max(min_speech_ms, CANCELLED_BESIDE_EXCESS_MIN_SPEECH_MS) \
+            if self._canceller.excess_ear else min_speech_ms
         if self._heard(vad.feed(chunk), "cancelled"):
             return True
         if excess is None:

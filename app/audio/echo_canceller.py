@@ -19,15 +19,16 @@ import numpy as np
 from pywebrtc_audio import AudioProcessor
 
 from app.audio.capture import PROTOCOL_RATE
+from app.audio.echo_delay import EchoDelay
 from app.audio.echo_excess import LEAD, EchoExcess
 from app.audio.echo_reference import PlayedAudio
 
 FRAME = PROTOCOL_RATE // 100  # AEC3 works in 10 ms frames
 # Echo rings on after the reply's last sample (the acoustic path plus the room): keep cancelling.
 ECHO_TAIL_S = 1.0
-# A capture time this far from where the last frame ended means the microphone stream was reopened.
+# A capture time this far from where the reports' trend puts it means the microphone stream was reopened.
 RESYNC_S = 0.05
-TIMELINE_NUDGE = 0.01  # per chunk: jitter is averaged over ~100 chunks (a second), drift still followed
+REPORT_NUDGE = 0.01  # per chunk: the reports' trend averages their jitter over ~100 chunks (a second)
 ACTIVE_REFERENCE = 1e-5  # -50 dBFS mean square: the speaker is really playing something
 AUDIBLE_ECHO = 1e-6  # -60 dBFS at the microphone: quieter than that there is nothing to judge
 MONITOR_WINDOW_S = 2.0  # the verdict looks at this much playback
@@ -148,6 +149,7 @@ class EchoCanceller:
         self._pending = np.zeros(0, np.float32)
         self._pending_time = 0.0  # capture time of _pending's first sample
         self._timeline = -1e9  # capture time of the next sample to arrive (see _place)
+        self._report_drift = 0.0  # how far the reported capture times have wandered from the timeline
         self._last_played = -1e9  # when the reference last had something in it
         self.monitor = EchoMonitor()
         self._recent_near = _Recent(round(RECENT_S * PROTOCOL_RATE))
@@ -156,9 +158,10 @@ class EchoCanceller:
         self._playing_frames = 0
         self._recent_far = _Recent(round(RECENT_S * PROTOCOL_RATE))
         self._echo_lag: int | None = None  # samples from the reference to its echo, once a check found it
+        self._delay = EchoDelay(LAG_AGREES_S * PROTOCOL_RATE)  # holds that delay still (echo_delay.py)
         # Whether the delay still holds: not after the reference was placed afresh (the new placement is
-        # off by the device's reported-time error, 7-20 ms on a loaded machine) or moved by more than
-        # LAG_AGREES_S, until a check measures it again (and, after a move, agrees with it).
+        # off by the device's reported-time error, 7-20 ms on a loaded machine) or jumped by more than
+        # LAG_AGREES_S, until a check measures it again (and, after a jump, agrees with it).
         self._lag_trusted = False
         self._placements = 0
         self._excess: EchoExcess | None = None
@@ -206,17 +209,20 @@ class EchoCanceller:
             self.last_excess = None
 
     def _place(self, chunk: np.ndarray, capture_time: float) -> float:
-        """Where `chunk` starts on a steady timeline. Each block's reported capture time jitters by a
-        millisecond or two; followed literally, the reference would jump against the echo by tens of
-        samples every frame and the adaptive filter would never settle. So the timeline runs on by the
-        samples it receives and is only nudged toward the reports (which follows clock drift), and a
-        report far off (a reopened stream) restarts it."""
-        error = capture_time - self._timeline
+        """Where `chunk` starts on a steady timeline: the stream's own sample count from where it was
+        placed. Reported capture times jitter by a millisecond or two, and under PulseAudio they also
+        wander from the sample count (by -630 to +1300 ppm on the harness, differently for the speaker):
+        followed, even slowly, they made the echo's delay wobble by tens of samples within a second,
+        which no correction of the delay keeps up with. So the reports only tell when the stream was
+        reopened: one far from their own slowly followed trend restarts the timeline there, less the
+        wander so far (which belongs to the sound server, not the stream: the speaker's placement runs
+        on the same footing). What remains between the two streams' clocks, EchoDelay takes out."""
+        error = capture_time - (self._timeline + self._report_drift)
         if abs(error) > RESYNC_S:
             self._flush_pending()  # a new stream: its audio does not follow on from what we hold
-            self._timeline = capture_time
+            self._timeline = capture_time - self._report_drift
         else:
-            self._timeline += error * TIMELINE_NUDGE
+            self._report_drift += error * REPORT_NUDGE
         start = self._timeline
         self._timeline += len(chunk) / PROTOCOL_RATE
         return start
@@ -227,17 +233,24 @@ class EchoCanceller:
         self._echo_present = None
         self._absent_checks = 0
         self._echo_lag = self._excess = None
+        self._delay.reset()
         self._lag_trusted = False
+
+    @property
+    def excess_ear(self) -> bool:
+        """Whether the detector has the excess to listen to (now or once the delay is verified again):
+        from the first check that found the echo on."""
+        return self._excess is not None
 
     def echo_heard(self) -> bool:
         """Whether the speaker's sound reaches the microphone (open speakers, not headphones). Until a
         second of playback has shown it, yes: the safe guess."""
         return self.enabled and self._echo_present is not False
 
-    def _likeness(self, recent: _Recent, span_s: float) -> tuple[float, int]:
+    def _likeness(self, recent: _Recent, span_s: float) -> tuple[float, float]:
         """How much the last `span_s` of `recent` looks like an echo of what was played: the highest
         normalised correlation with the played audio at any lag up to MAX_ECHO_LAG_S (0..1), and that
-        lag in samples."""
+        lag in samples (to a fraction of one: the peak's parabola)."""
         if not self._recent_far.filled:
             return 0.0, 0
         length = round(span_s * PROTOCOL_RATE)
@@ -258,9 +271,14 @@ class EchoCanceller:
         window_energy = squares[len(heard):] - squares[:-len(heard)]
         scores = np.abs(products) / np.sqrt(energy * np.maximum(window_energy, 1e-12))
         best = int(np.argmax(scores))
-        return float(np.clip(scores[best], 0.0, 1.0)), len(far) - len(heard) - best
+        between = 0.0
+        if 0 < best < len(scores) - 1:
+            before, peak, after = scores[best - 1], scores[best], scores[best + 1]
+            curve = before - 2.0 * peak + after
+            between = float(np.clip(0.5 * (before - after) / curve, -0.5, 0.5)) if curve < 0 else 0.0
+        return float(np.clip(scores[best], 0.0, 1.0)), len(far) - len(heard) - best - between
 
-    def _judge_presence(self) -> None:
+    def _judge_presence(self, moment: float) -> None:
         heard = self._recent_near.last(round(PRESENCE_SPAN_S * PROTOCOL_RATE))
         if float(np.dot(heard, heard)) / max(1, len(heard)) < AUDIBLE_ECHO:
             self._echo_present, self._absent_checks = False, ABSENT_CHECKS  # the microphone heard nothing
@@ -268,10 +286,10 @@ class EchoCanceller:
         likeness, lag = self._likeness(self._recent_near, PRESENCE_SPAN_S)
         if likeness >= ECHO_PRESENT:
             self._echo_present, self._absent_checks = True, 0
-            # A new delay (the sound server's latency changed) keeps the learnt path: its gains per
-            # frequency do not depend on when the echo arrives.
-            self._lag_trusted = self._echo_lag is None or abs(lag - self._echo_lag) <= LAG_AGREES_S * PROTOCOL_RATE
-            self._echo_lag, self._placements = lag, self._played.placements
+            # The reference slides to hold the delay at the first one measured; a jump is taken back too,
+            # and keeps the learnt path (its gains per frequency do not depend on when the echo arrives).
+            self._lag_trusted = self._delay.measured(lag, moment - PRESENCE_SPAN_S / 2)
+            self._echo_lag, self._placements = round(self._delay.target), self._played.placements
             if self._excess is None:
                 self._excess = EchoExcess()
         elif likeness < ECHO_ABSENT:
@@ -280,12 +298,12 @@ class EchoCanceller:
                 self._echo_present = False
 
     def _echo_possible(self, start: float, length: int) -> bool:
-        if self._played.playing_at(start + length / PROTOCOL_RATE):
+        if self._played.playing_at(start + length / PROTOCOL_RATE - self._delay.shift_at(start) / PROTOCOL_RATE):
             self._last_played = start
         return start - self._last_played < ECHO_TAIL_S
 
     def _cancel(self, frame: np.ndarray, start: float) -> np.ndarray:
-        far = self._played.window(start, FRAME)
+        far = self._played.window(start - self._delay.shift_at(start) / PROTOCOL_RATE, FRAME)
         if far.any():
             self._last_played = start
         began = time.thread_time()
@@ -297,13 +315,15 @@ class EchoCanceller:
         if self._excess is not None and self.echo_heard():  # with headphones on nobody reads it
             if self._played.placements != self._placements:
                 self._placements, self._lag_trusted = self._played.placements, False
+                # Measure the new placement's delay as soon as the check's span holds only audio placed by it.
+                self._playing_frames = PRESENCE_EVERY - round(PRESENCE_SPAN_S * 100)
             delayed_far = self._recent_far.last(max(self._echo_lag - LEAD, 0) + FRAME)[:FRAME]
             excess = self._excess.process(frame, delayed_far)
             self.last_excess = excess if self._excess.ready and self._lag_trusted else None
         if far.any():
             self._playing_frames += 1
             if self._playing_frames % PRESENCE_EVERY == 0:
-                self._judge_presence()
+                self._judge_presence(start + FRAME / PROTOCOL_RATE)
         if self.monitor.add(frame, cleaned, far) and self.echo_heard() and self._on_failing is not None:
             self._on_failing()  # the echo is there and getting through (not noise the canceller cannot touch)
         if not self.echo_heard():

@@ -8,12 +8,14 @@ microphone and the speaker may be separate devices with separate sample clocks, 
 reopened or replaced without the two losing step. What is left, the acoustic path and the device
 timing error, is a small positive delay the canceller's own delay estimator finds.
 
-Times come from the stream's own sample clock: frame n leaves at anchor + n / rate, where the anchor
-follows the reported times slowly. Reported times jitter by a millisecond or two (tens of samples);
-placed by them, each reply's reference would sit a little off from the last, and the canceller would
-have to learn the echo path again at every reply, letting echo through while it does. Blocks that
-follow on from the one before (the next frame number) extend one segment through one resampler; a
-gap starts a new segment. Silence is never queued: no segment there means zeros.
+Times come from the stream's own sample clock: frame n leaves at anchor + n / rate. Reported times
+jitter by a millisecond or two (tens of samples); placed by them, each reply's reference would sit a
+little off from the last, and the canceller would have to learn the echo path again at every reply,
+letting echo through while it does. They also wander from the sample clock (by hundreds of ppm under
+PulseAudio), so they are followed only as a trend, which tells a reopened stream from jitter and
+places the audio after an underrun. Blocks that follow on from the one before (the next frame number)
+extend one segment through one resampler; a gap starts a new segment. Silence is never queued: no
+segment there means zeros.
 """
 
 from __future__ import annotations
@@ -31,9 +33,22 @@ RESYNC_S = 0.05  # a reported time this far from the sample clock's means a new 
 # the sample clock says, by the length of the gap. Those blocks come flagged and are placed by their
 # reported time; followed by the sample clock, the reference would sit off by the gap for the rest of
 # the reply, and the echo leaked until the canceller found the new delay (on a loaded machine this
-# made most false barge-ins).
-ANCHOR_NUDGE = 0.005  # per block: jitter averaged over ~200 blocks (1 s of audio), drift followed
+# made most false barge-ins). The reported time is taken less the reports' recent drift from the clock.
+REPORT_NUDGE = 0.005  # per block: the reports' trend averages their jitter over ~200 blocks (1 s of audio)
 KEEP_S = 2.0  # the canceller never looks further back than its delay estimator reaches (~1 s)
+
+
+_TAPS = 8  # each side of the interpolation point
+_KAISER_BETA = 5.0
+
+
+def _fraction_kernel(fraction: float) -> np.ndarray:
+    """Weights for the samples at offsets -_TAPS+1 .. _TAPS around a point `fraction` past a sample:
+    a Kaiser-windowed sinc."""
+    offsets = np.arange(-_TAPS + 1, _TAPS + 1) - fraction
+    taper = np.i0(_KAISER_BETA * np.sqrt(np.clip(1.0 - (offsets / _TAPS) ** 2, 0.0, 1.0))) / np.i0(_KAISER_BETA)
+    weights = np.sinc(offsets) * taper
+    return (weights / weights.sum()).astype(np.float32)
 
 
 class _Segment:
@@ -72,6 +87,7 @@ class PlayedAudio:
         self._segments: collections.deque[_Segment] = collections.deque()
         self._anchor: float | None = None  # when frame 0 of the current stream left the device
         self._anchor_rate = 0
+        self._report_drift = 0.0  # how far the reported times have wandered from the sample clock
         self.placements = 0  # times the timeline was placed afresh (new stream, ran dry, stalled)
 
     def played(self, block: np.ndarray, dac_time: float, rate: int, frame_index: int,
@@ -81,15 +97,29 @@ class PlayedAudio:
 
     def window(self, start: float, length: int) -> np.ndarray:
         """The 24 kHz audio that left the speaker from `start` on, `length` samples; zeros where
-        nothing played (or nothing is known yet)."""
+        nothing played (or nothing is known yet). Read between samples where `start` falls between
+        them (a windowed-sinc interpolator): the canceller slides its reference by fractions of a
+        sample to follow a drifting echo delay."""
         self._take_new_blocks()
         out = np.zeros(length, np.float32)
         for segment in self._segments:
             audio = segment.samples()
-            offset = round((start - segment.start) * PROTOCOL_RATE)  # into the segment
-            begin, end = max(0, offset), min(len(audio), offset + length)
-            if begin < end:
-                out[begin - offset : end - offset] = audio[begin:end]
+            position = (start - segment.start) * PROTOCOL_RATE  # into the segment, in samples
+            whole = int(np.floor(position + 1e-6))
+            fraction = position - whole
+            if fraction < 1e-3:
+                begin, end = max(0, whole), min(len(audio), whole + length)
+                if begin < end:
+                    out[begin - whole : end - whole] += audio[begin:end]
+                continue
+            # Samples whole-TAPS+1 .. whole+length+TAPS-1 feed the interpolator; zeros outside the segment.
+            first = whole - _TAPS + 1
+            begin, end = max(0, first), min(len(audio), whole + length + _TAPS)
+            if begin >= end:
+                continue
+            padded = np.zeros(length + 2 * _TAPS - 1, np.float32)
+            padded[begin - first : end - first] = audio[begin:end]
+            out += np.convolve(padded, _fraction_kernel(fraction)[::-1], mode="valid").astype(np.float32)
         self._forget_before(start - KEEP_S)
         return out
 
@@ -104,8 +134,11 @@ class PlayedAudio:
                 block, dac_time, rate, frame_index, ran_dry = self._blocks.get_nowait()
             except queue.Empty:
                 return
-            if ran_dry:
-                self._anchor = None  # placed by this block's reported time, and the clock runs on from it
+            if ran_dry and self._anchor is not None:
+                # Placed by this block's reported time (less the reports' drift): the device's own silence
+                # delayed it by the gap. The clock then runs on from there.
+                self._anchor = dac_time - self._report_drift - frame_index / rate
+                self.placements += 1
             moment = self._on_sample_clock(dac_time, rate, frame_index)
             last = self._segments[-1] if self._segments else None
             if ran_dry or last is None or last.rate != rate or last.next_frame != frame_index:
@@ -116,11 +149,14 @@ class PlayedAudio:
     def _on_sample_clock(self, dac_time: float, rate: int, frame_index: int) -> float:
         """When frame `frame_index` leaves the device, by the stream's steady sample clock."""
         offset = dac_time - frame_index / rate
-        if self._anchor is None or rate != self._anchor_rate or abs(offset - self._anchor) > RESYNC_S:
-            self._anchor, self._anchor_rate = offset, rate  # a new stream, or the device stalled
+        if self._anchor is None or rate != self._anchor_rate or \
+                abs(offset - self._anchor - self._report_drift) > RESYNC_S:
+            # A new stream, or a stall: placed by the report, less the reports' wander so far (the sound
+            # server's, which the microphone's timeline carries too).
+            self._anchor, self._anchor_rate = offset - self._report_drift, rate
             self.placements += 1
         else:
-            self._anchor += (offset - self._anchor) * ANCHOR_NUDGE
+            self._report_drift += (offset - self._anchor - self._report_drift) * REPORT_NUDGE
         return self._anchor + frame_index / rate
 
     def _forget_before(self, moment: float) -> None:
