@@ -2,8 +2,9 @@
 
 WebRTC's AEC3 (pywebrtc-audio) sits between the microphone worker and the router, so the engine and
 the local barge-in detector both get the echo-cancelled signal. Every 10 ms capture frame is paired
-with what the speaker played at the frame's capture time (PlayedAudio: both on one clock), and AEC3
-finds the remaining acoustic delay itself.
+with what the speaker played at the frame's capture time (PlayedAudio: both on one clock), read earlier
+or later by what holds the echo's delay still against the two clocks' drift (EchoDelay), and AEC3
+finds the acoustic delay itself, once.
 
 While nothing has played for a while, frames pass straight through: no echo to cancel, and no CPU
 spent on it. EchoMonitor keeps the figures (ERLE) and the verdict on whether the canceller copes.
@@ -163,7 +164,7 @@ class EchoCanceller:
         # off by the device's reported-time error, 7-20 ms on a loaded machine) or jumped by more than
         # LAG_AGREES_S, until a check measures it again (and, after a jump, agrees with it).
         self._lag_trusted = False
-        self._placements = 0
+        self._placements = self._checked_placements = 0  # the reference's placements seen, and at the last check
         self._excess: EchoExcess | None = None
         # The part of the frame just handed on that the echo cannot explain (EchoExcess; None where not
         # known): read by the barge-in detector on this same thread, during on_audio.
@@ -237,6 +238,11 @@ class EchoCanceller:
         self._lag_trusted = False
 
     @property
+    def delay_drift_ppm(self) -> float:
+        """How fast the echo's delay drifts between the two streams' clocks, as followed (EchoDelay)."""
+        return self._delay.rate / PROTOCOL_RATE * 1e6
+
+    @property
     def excess_ear(self) -> bool:
         """Whether the detector has the excess to listen to (now or once the delay is verified again):
         from the first check that found the echo on."""
@@ -288,8 +294,10 @@ class EchoCanceller:
             self._echo_present, self._absent_checks = True, 0
             # The reference slides to hold the delay at the first one measured; a jump is taken back too,
             # and keeps the learnt path (its gains per frequency do not depend on when the echo arrives).
-            self._lag_trusted = self._delay.measured(lag, moment - PRESENCE_SPAN_S / 2)
+            placed_afresh = self._played.placements != self._checked_placements
+            self._lag_trusted = self._delay.measured(lag, moment - PRESENCE_SPAN_S / 2, placed_afresh)
             self._echo_lag, self._placements = round(self._delay.target), self._played.placements
+            self._checked_placements = self._played.placements
             if self._excess is None:
                 self._excess = EchoExcess()
         elif likeness < ECHO_ABSENT:

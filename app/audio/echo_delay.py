@@ -3,9 +3,10 @@
 The reference (what the speaker played) and the microphone's audio meet on one clock, each placed by
 its own stream's reported times. Those reports wander from the streams' sample clocks, and not by the
 same amount: under PulseAudio the echo's delay, measured against the reference, drifted by ~9 samples
-(0.4 ms) a second, steadily, over a whole session (and a speaker and microphone on separate devices
-drift apart for real, by tens of ppm). AEC3 follows a moving delay by re-aligning its filter from time
-to time, and let echo through each time (ERLE 25-59 dB from one reply to the next on the harness).
+(0.4 ms) a second while the timelines followed the reports; counted by samples, the two streams still
+drift apart, by 530-820 ppm on the harness (and a speaker and microphone on separate devices do for
+real, by tens of ppm). AEC3 follows a moving delay by re-aligning its filter from time to time, and let
+echo through each time (ERLE 25-59 dB from one reply to the next on the harness).
 
 So the canceller measures the delay (its presence check, every second of playback, to a fraction of a
 sample) and slides the reference it hands AEC3 by the difference from the first delay it measured:
@@ -39,16 +40,18 @@ class EchoDelay:
         """Samples by which the reference for the audio captured at `moment` is read earlier."""
         return self._shift + self.rate * (moment - self._since) if self.target is not None else 0.0
 
-    def measured(self, lag: float, moment: float) -> bool:
+    def measured(self, lag: float, moment: float, placed_afresh: bool = False) -> bool:
         """A check found the echo `lag` samples behind the reference it was handed, around `moment`;
-        False when that is a jump from the held delay (it is taken back at once all the same)."""
+        False when that is a jump from the held delay (it is taken back at once all the same). After
+        the reference was `placed_afresh`, any change is the placement's error, not drift: half a
+        second after an underrun, 1.4 ms of it read as drift once set the rate off by 34 samples a second."""
         if self.target is None:
             self.target, self._shift, self._since = lag, 0.0, moment
             return True
         error = lag - self.target
         now = self.shift_at(moment)
         jumped = abs(error) > self._jump
-        if not jumped and moment > self._since:
+        if not (jumped or placed_afresh) and moment > self._since:
             limit = MAX_DRIFT * PROTOCOL_RATE
             self.rate = min(limit, max(-limit, self.rate + RATE_GAIN * error / (moment - self._since)))
         self._shift, self._since = now + error, moment

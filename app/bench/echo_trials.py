@@ -201,6 +201,8 @@ def measure_path(pulse, script: EchoScript, replies: int, doubletalk_trials: int
                     time.sleep(0.4)
                 results[name] = trials
         results["cpu_ms_per_10ms"] = round(1000 * rig.canceller.cpu_s / max(1, rig.canceller.frames_cancelled), 3)
+        results["delay_drift_ppm"] = round(rig.canceller.delay_drift_ppm, 1)
+        results["reference_placements"] = rig.played.placements
     finally:
         if own_rig:
             rig.stop()
@@ -213,7 +215,10 @@ def path_figures(results: dict) -> dict:
                "false_barge_ins_heard_by": echo["false_barge_ins_heard_by"],
                "false_bargein_rate": round(echo["false_barge_ins"] / max(1, echo["replies"]), 4),
                "echo_rms_dbfs": round(20 * np.log10(max(echo["echo_rms"], 1e-9)), 1),
-               "aec_cpu_ms_per_10ms": results["cpu_ms_per_10ms"]}
+               "aec_cpu_ms_per_10ms": results["cpu_ms_per_10ms"],
+               # The streams' clocks as the canceller saw them: the drift it followed, and how often the
+               # reference was placed afresh (new stream, underrun, stall).
+               "delay_drift_ppm": results["delay_drift_ppm"], "reference_placements": results["reference_placements"]}
     for name in ("equal", "minus_6db"):
         trials = results[name]
         # A cut before the person spoke is the echo's doing (a false barge-in), not a detection.

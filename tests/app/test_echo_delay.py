@@ -38,6 +38,13 @@ def test_a_jump_is_taken_back_at_once_and_not_taken_for_drift():
     assert delay.measured(1980.0 - delay.shift_at(7.0), 7.0)
 
 
+def test_a_change_after_the_reference_was_placed_afresh_is_taken_back_not_taken_for_drift():
+    delay = EchoDelay(jump_samples=120)
+    _follow(delay, lambda t: 1500.0, 5)
+    assert delay.measured(1534.0 - delay.shift_at(5.5), 5.5, placed_afresh=True)  # 1.4 ms: within a jump
+    assert delay.rate == 0.0 and delay.shift_at(5.5) == 34.0
+
+
 def test_the_drift_followed_is_bounded_and_reset_forgets_it():
     delay = EchoDelay(jump_samples=120)
     _follow(delay, lambda t: 1500.0 + 100.0 * t, 10)  # 4000 ppm: no pair of clocks is that far apart
