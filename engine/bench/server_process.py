@@ -10,13 +10,19 @@ import time
 from pathlib import Path
 
 
+def serve_arguments(token: str, extra_args: list[str]) -> list[str]:
+    """`confide-engine` arguments for a server on a free port. "--token=": a URL-safe token starts with "-"
+    one time in 64, and argparse would take it for an option (the server then exited with a usage error)."""
+    return ["serve", "--port", "0", f"--token={token}", *extra_args]
+
+
 class EngineProcess:
     def __init__(self, extra_args: list[str], ready_timeout_s: float = 180.0, log_path: Path | None = None):
         self.token = secrets.token_urlsafe(16)
         self._log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 (closed in stop)
         started = time.monotonic()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "engine", "serve", "--port", "0", "--token", self.token, *extra_args],
+            [sys.executable, "-m", "engine", *serve_arguments(self.token, extra_args)],
             stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL, text=True,
             cwd=Path(__file__).resolve().parents[2],
         )

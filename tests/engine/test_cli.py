@@ -98,3 +98,13 @@ def test_serve_exits_when_its_parent_is_gone(tmp_path):
     finally:
         if engine.poll() is None:
             engine.kill()
+
+
+def test_the_benchmarks_engine_takes_a_token_that_starts_with_a_dash():
+    """secrets.token_urlsafe starts with "-" one time in 64: passed as a separate argument, argparse took it
+    for an option and the benchmark's engine exited with a usage error (a CI run failed on it)."""
+    from engine.bench.server_process import serve_arguments
+    from engine.cli import build_parser
+
+    args = build_parser().parse_args(serve_arguments("-Ab3_x", ["--backend", "omni"]))
+    assert (args.token, args.port, args.backend) == ("-Ab3_x", 0, "omni")
