@@ -156,7 +156,8 @@ class EchoCanceller:
         self._recent_near = _Recent(round(RECENT_S * PROTOCOL_RATE))
         self._echo_present: bool | None = None  # None: not known yet (see echo_heard)
         self._absent_checks = 0  # checks in a row that found no echo
-        self._playing_frames = 0
+        self._playing_frames = 0  # frames of playback so far
+        self._next_check = PRESENCE_EVERY  # the playback frame at which the presence check next runs
         self._recent_far = _Recent(round(RECENT_S * PROTOCOL_RATE))
         self._echo_lag: int | None = None  # samples from the reference to its echo, once a check found it
         self._delay = EchoDelay(LAG_AGREES_S * PROTOCOL_RATE)  # holds that delay still (echo_delay.py)
@@ -324,13 +325,14 @@ class EchoCanceller:
             if self._played.placements != self._placements:
                 self._placements, self._lag_trusted = self._played.placements, False
                 # Measure the new placement's delay as soon as the check's span holds only audio placed by it.
-                self._playing_frames = PRESENCE_EVERY - round(PRESENCE_SPAN_S * 100)
+                self._next_check = self._playing_frames + round(PRESENCE_SPAN_S * PROTOCOL_RATE / FRAME)
             delayed_far = self._recent_far.last(max(self._echo_lag - LEAD, 0) + FRAME)[:FRAME]
             excess = self._excess.process(frame, delayed_far)
             self.last_excess = excess if self._excess.ready and self._lag_trusted else None
         if far.any():
             self._playing_frames += 1
-            if self._playing_frames % PRESENCE_EVERY == 0:
+            if self._playing_frames >= self._next_check:
+                self._next_check = self._playing_frames + PRESENCE_EVERY
                 self._judge_presence(start + FRAME / PROTOCOL_RATE)
         if self.monitor.add(frame, cleaned, far) and self.echo_heard() and self._on_failing is not None:
             self._on_failing()  # the echo is there and getting through (not noise the canceller cannot touch)

@@ -5,21 +5,26 @@ the harness the cleaned signal stayed near -80 dBFS through most interruptions),
 output cannot hear someone talking over a reply. This path keeps them instead of keeping the echo out
 at any price:
 
-- Per frequency bin, the echo is predicted from what was played that long before (the canceller's own
-  estimate of the echo delay) and the path's gain, learnt by least squares while the reply plays. The
-  prediction takes the loudest of several frames around that moment (the room rings on, the delay is
-  an estimate) and, beside each bin's own gain, a share of the whole reference's level: a small
-  overdriven speaker spreads a loud vowel's energy into bins where the reply had little. Both are fitted on magnitudes (power ** 0.5),
-  which follows a saturating speaker better than power does.
+- Per frequency bin, the echo's level is predicted from the reference's level in the last TAPS frames
+  (from one frame ahead of the canceller's measured echo delay: the echo may come a little early, and
+  the room rings on) and, beside them, the whole reference's level: a small overdriven speaker spreads
+  a loud vowel's energy into bins where the reply had little. The weights are fitted per bin by least
+  squares while the reply plays, on levels compressed to the 4th root of power (a saturating speaker
+  passes quiet sound at a higher gain than loud sound; compressed, one weight fits both better).
 - Spectral subtraction of OVERESTIMATE times the predicted echo leaves the person.
 - A frame whose excess is under GATE_DB of the microphone's level is silence: what saturation leaves
   of a loud vowel is speech-like but far quieter than the echo, while a person as loud as the echo
   keeps most of their level.
 
-Tuned offline on recordings of the harness's two echo paths (16 echo-only replies each, a person mixed
-in at the echo's level over 15 of them): 0 false onsets at the person's own threshold, and 14 and 13 of
-15 interruptions heard within 300 ms (p50 100 ms), where AEC3's output let 2 of 8 be heard in time. Live
-figures: `confide bench --aec` (README).
+Why this shape: with the echo known exactly, subtracting 6 times it, smeared over the loudest of 6
+frames around the delay (this module's earlier prediction), let only 34 of 74 interruptions mixed into
+harness recordings be heard within 250 ms; subtracting it once, 70. So the margin and the smear cost
+more than the prediction's error did, and a prediction that follows the echo frame by frame can do
+with less margin. Replayed on four recordings of the harness's two echo paths (115 echo-only replies,
+a person mixed in at the echo's level over 114): 0 false onsets and 81 of 114 heard within 250 ms,
+against 0 and 56 for the earlier prediction. At OVERESTIMATE 4: 86 and still 0 false offline, but live
+the saturating path's echo passed for the person once in 50 replies in two runs of three; at 3.5, 5
+false offline. Live figures: `confide bench --aec` (README).
 """
 
 from __future__ import annotations
@@ -28,19 +33,16 @@ import numpy as np
 
 FRAME = 240  # 10 ms at the protocol rate, the canceller's frame
 WINDOW = np.sqrt(np.hanning(2 * FRAME + 1)[:-1])  # sqrt-Hann at 50% overlap: analysis × synthesis adds to 1
-# The reference is taken LEAD earlier than the measured echo delay, and the prediction remembers
-# SMEAR_FRAMES of it: the echo may arrive up to 10 ms earlier than measured and ring on for 50 ms.
-# Offline, without the lead, a delay measured 10 ms too long let the echo pass for the person in 13 of
-# 15 replies on the saturating path; with it, in 1. (Larger errors, after the reference is placed
-# afresh, are the canceller's to catch: it stops handing on the excess until the delay is measured.)
-LEAD = FRAME
-SMEAR_FRAMES = 6
-OVERESTIMATE = 6.0  # subtract the predicted echo's power this many times over (7.8 dB)
+LEAD = FRAME  # the reference is taken this much earlier than the measured echo delay
+TAPS = 3  # frames of the reference each bin's prediction weighs: the leading one and the two before it
+OVERESTIMATE = 4.5  # subtract the predicted echo's power this many times over (6.5 dB)
 GATE_DB = -16.0
 WARM_UP_FRAMES = 150  # frames of playback learnt before the excess is worth listening to (1.5 s)
-LEARNING_RATE = 0.005  # per frame of playback: the path's gain is an average over about 2 s
+LEARNING_RATE = 0.005  # per frame of playback: the path's weights are an average over about 2 s
+SOLVE_EVERY = 5  # frames between solving for the weights (the sums move slowly)
+RIDGE = 1e-3  # keeps each bin's solution tame where the reference's frames are nearly alike
 ACTIVE_REFERENCE = 1e-3  # summed magnitude-squared spectrum under which nothing is being played
-_MAGNITUDE = 0.5  # the power fitted: magnitudes
+_COMPRESSION = 0.25  # the power of the power spectrum that is fitted: 4th root
 
 
 class EchoExcess:
@@ -48,20 +50,15 @@ class EchoExcess:
     less LEAD back."""
 
     def __init__(self) -> None:
-        bins = FRAME + 1
+        bins, features = FRAME + 1, TAPS + 1
         self._near_previous = np.zeros(FRAME)
         self._far_previous = np.zeros(FRAME)
         self._overlap = np.zeros(FRAME)
-        self._far_history = np.zeros((SMEAR_FRAMES, bins))
-        self._history_at = 0
-        # Least-squares sums for echo ≈ gain · reference + spread · mean reference (per bin, on magnitudes).
-        self._own = np.zeros(bins)
-        self._cross = np.zeros(bins)
-        self._broad = np.zeros(bins)
-        self._own_echo = np.zeros(bins)
-        self._broad_echo = np.zeros(bins)
-        self.gain = np.zeros(bins)
-        self.spread = np.zeros(bins)
+        self._far_history = np.zeros((TAPS, bins))  # compressed reference levels, newest first
+        # Exponentially weighted least squares per bin: compressed echo ≈ weights · features.
+        self._products = np.zeros((bins, features, features))
+        self._correlations = np.zeros((bins, features))
+        self.weights = np.zeros((bins, features))
         self.learnt_frames = 0
 
     @property
@@ -73,40 +70,38 @@ class EchoExcess:
         """The part of `near` the echo cannot explain, 10 ms late (the overlap-add's price)."""
         near_block = np.concatenate((self._near_previous, near))
         far_block = np.concatenate((self._far_previous, delayed_far))
+        heard = self._near_previous  # the frame the output is of
         self._near_previous = np.asarray(near, np.float64)
         self._far_previous = np.asarray(delayed_far, np.float64)
         near_spectrum = np.fft.rfft(near_block * WINDOW)
         near_power = near_spectrum.real ** 2 + near_spectrum.imag ** 2
         far_spectrum = np.fft.rfft(far_block * WINDOW)
-        self._far_history[self._history_at] = far_spectrum.real ** 2 + far_spectrum.imag ** 2
-        self._history_at = (self._history_at + 1) % SMEAR_FRAMES
-        reference = self._far_history.max(axis=0)
-        if reference.sum() > ACTIVE_REFERENCE:
-            self._learn(reference ** _MAGNITUDE, near_power ** _MAGNITUDE)
-        broad = float(reference.mean()) ** _MAGNITUDE
-        predicted = np.maximum(self.gain * reference ** _MAGNITUDE + self.spread * broad, 0.0) ** (1 / _MAGNITUDE)
+        far_power = far_spectrum.real ** 2 + far_spectrum.imag ** 2
+        self._far_history = np.roll(self._far_history, 1, axis=0)
+        self._far_history[0] = far_power ** _COMPRESSION
+        broad = np.full(FRAME + 1, float(far_power.mean()) ** _COMPRESSION)
+        features = np.vstack((self._far_history, broad)).T  # bins × features
+        if far_power.sum() > ACTIVE_REFERENCE:
+            self._learn(features, near_power ** _COMPRESSION)
+        predicted = np.maximum(np.einsum("bf,bf->b", self.weights, features), 0.0) ** (1 / _COMPRESSION)
         left = np.maximum(near_power - OVERESTIMATE * predicted, 0.0)
         spectrum = near_spectrum * np.sqrt(left / np.maximum(near_power, 1e-20))
         block = np.fft.irfft(spectrum, 2 * FRAME) * WINDOW
         out = self._overlap + block[:FRAME]
         self._overlap = block[FRAME:]
-        if float(np.dot(out, out)) < float(np.dot(self._near_previous, self._near_previous)) * 10 ** (GATE_DB / 10):
+        if float(np.dot(out, out)) < float(np.dot(heard, heard)) * 10 ** (GATE_DB / 10):
             return np.zeros(FRAME, np.float32)
         return out.astype(np.float32)
 
-    def _learn(self, reference: np.ndarray, echo: np.ndarray) -> None:
+    def _learn(self, features: np.ndarray, echo: np.ndarray) -> None:
         self.learnt_frames += 1
         keep, rate = 1.0 - LEARNING_RATE, LEARNING_RATE
-        broad = float(reference.mean())
-        self._own = keep * self._own + rate * reference * reference
-        self._cross = keep * self._cross + rate * reference * broad
-        self._broad = keep * self._broad + rate * broad * broad
-        self._own_echo = keep * self._own_echo + rate * reference * echo
-        self._broad_echo = keep * self._broad_echo + rate * broad * echo
-        determinant = self._own * self._broad - self._cross ** 2
-        solvable = determinant > 1e-9 * np.maximum(self._own * self._broad, 1e-30)
-        safe = np.where(solvable, determinant, 1.0)
-        gain = (self._own_echo * self._broad - self._broad_echo * self._cross) / safe
-        spread = (self._broad_echo * self._own - self._own_echo * self._cross) / safe
-        self.gain = np.where(solvable, np.maximum(gain, 0.0), self.gain)
-        self.spread = np.where(solvable, np.maximum(spread, 0.0), self.spread)
+        self._products = keep * self._products + rate * features[:, :, None] * features[:, None, :]
+        self._correlations = keep * self._correlations + rate * features * echo[:, None]
+        if self.learnt_frames % SOLVE_EVERY and self.learnt_frames > SOLVE_EVERY:
+            return
+        size = features.shape[1]
+        scale = np.trace(self._products, axis1=1, axis2=2) / size
+        ridge = (RIDGE * scale + 1e-20)[:, None, None] * np.eye(size)
+        solved = np.linalg.solve(self._products + ridge, self._correlations[:, :, None])[:, :, 0]
+        self.weights = np.maximum(solved, 0.0)

@@ -21,6 +21,7 @@ segment there means zeros.
 from __future__ import annotations
 
 import collections
+import functools
 import queue
 
 import numpy as np
@@ -40,11 +41,16 @@ KEEP_S = 2.0  # the canceller never looks further back than its delay estimator 
 
 _TAPS = 8  # each side of the interpolation point
 _KAISER_BETA = 5.0
+# Positions are read to 1/_STEPS of a sample (at most 1/512 off: a 0.3° phase error at 9 kHz), so the
+# slowly sliding reference reuses a few kernels instead of building one for every 10 ms frame.
+_STEPS = 256
 
 
-def _fraction_kernel(fraction: float) -> np.ndarray:
-    """Weights for the samples at offsets -_TAPS+1 .. _TAPS around a point `fraction` past a sample:
+@functools.lru_cache(maxsize=64)
+def _fraction_kernel(step: int) -> np.ndarray:
+    """Weights for the samples at offsets -_TAPS+1 .. _TAPS around a point step/_STEPS past a sample:
     a Kaiser-windowed sinc."""
+    fraction = step / _STEPS
     offsets = np.arange(-_TAPS + 1, _TAPS + 1) - fraction
     taper = np.i0(_KAISER_BETA * np.sqrt(np.clip(1.0 - (offsets / _TAPS) ** 2, 0.0, 1.0))) / np.i0(_KAISER_BETA)
     weights = np.sinc(offsets) * taper
@@ -104,10 +110,9 @@ class PlayedAudio:
         out = np.zeros(length, np.float32)
         for segment in self._segments:
             audio = segment.samples()
-            position = (start - segment.start) * PROTOCOL_RATE  # into the segment, in samples
-            whole = int(np.floor(position + 1e-6))
-            fraction = position - whole
-            if fraction < 1e-3:
+            steps = round((start - segment.start) * PROTOCOL_RATE * _STEPS)  # into the segment
+            whole, step = divmod(steps, _STEPS)
+            if step == 0:
                 begin, end = max(0, whole), min(len(audio), whole + length)
                 if begin < end:
                     out[begin - whole : end - whole] += audio[begin:end]
@@ -119,7 +124,7 @@ class PlayedAudio:
                 continue
             padded = np.zeros(length + 2 * _TAPS - 1, np.float32)
             padded[begin - first : end - first] = audio[begin:end]
-            out += np.convolve(padded, _fraction_kernel(fraction)[::-1], mode="valid").astype(np.float32)
+            out += np.convolve(padded, _fraction_kernel(step)[::-1], mode="valid").astype(np.float32)
         self._forget_before(start - KEEP_S)
         return out
 

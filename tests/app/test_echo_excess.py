@@ -8,7 +8,7 @@ import numpy as np
 import soxr
 
 from app.audio.echo_canceller import FRAME, EchoCanceller
-from app.audio.echo_excess import WARM_UP_FRAMES, EchoExcess
+from app.audio.echo_excess import LEAD, WARM_UP_FRAMES, EchoExcess
 from app.audio.echo_reference import PlayedAudio
 from app.audio.voice_activity import VoiceActivity
 from tests.speakers import say
@@ -29,7 +29,7 @@ def _small_speaker(audio: np.ndarray) -> np.ndarray:
 
 def _excess_of(near: np.ndarray, far: np.ndarray) -> np.ndarray:
     excess = EchoExcess()
-    delayed = np.concatenate([np.zeros(DELAY, np.float32), far])
+    delayed = np.concatenate([np.zeros(DELAY - LEAD, np.float32), far])  # as the canceller hands it on
     return np.concatenate([excess.process(near[i:i + FRAME], delayed[i:i + FRAME])
                            for i in range(0, len(near) - FRAME + 1, FRAME)])
 
@@ -51,7 +51,9 @@ def test_echo_alone_leaves_nothing_that_passes_for_speech():
     echo = _small_speaker(reply)
     excess = _excess_of(echo, reply)
     learnt = WARM_UP_FRAMES * FRAME
-    assert _power_db(echo[learnt:]) - _power_db(excess[learnt:]) > 25
+    # 20 dB here (6.5 dB of margin, to keep a person heard): what is left is a few frames of leak, 112
+    # of 699 not gated to silence, and none of it passes for speech.
+    assert _power_db(echo[learnt:]) - _power_db(excess[learnt:]) > 15
     assert _onset(excess, learnt) is None
 
 
@@ -70,6 +72,37 @@ def test_a_person_as_loud_as_the_echo_keeps_their_voice_and_is_heard_at_once():
     onset = _onset(excess, WARM_UP_FRAMES * FRAME)
     first_sound = start + int(np.flatnonzero(np.abs(person) > 0.01 * np.abs(person).max())[0])
     assert onset is not None and 0 <= (onset - first_sound) / RATE <= 0.3, onset
+
+
+def _heard_within(near_echo: np.ndarray, reply: np.ndarray, person: np.ndarray, start: int,
+                  relative_db: float) -> float | None:
+    """Seconds from the person's first sound to the onset heard in the excess (None: not heard)."""
+    span = near_echo[start:start + len(person)]
+    loud = np.abs(span) > 0.01
+    gain = np.sqrt(np.mean(np.square(span[loud])) / np.mean(np.square(person))) * 10 ** (relative_db / 20)
+    near = near_echo.copy()
+    near[start:start + len(person)] += gain * person
+    onset = _onset(_excess_of(near, reply), WARM_UP_FRAMES * FRAME)
+    first_sound = start + int(np.flatnonzero(np.abs(person) > 0.01 * np.abs(person).max())[0])
+    return None if onset is None else (onset - first_sound) / RATE
+
+
+def test_people_talking_over_any_part_of_the_reply_are_heard_in_time():
+    """Four voices at three moments of the reply: the prediction follows the echo frame by frame, so a
+    margin of 6.5 dB keeps the echo out and most of each person in: 12 and 11 of these 12 are heard within
+    300 ms, at equal level and 6 dB under the echo. (The earlier prediction, the loudest of 60 ms of
+    reference with 7.8 dB of margin, heard 10 and 6.)"""
+    reply = say(REPLY, "flite:slt")
+    echo = _small_speaker(reply)
+    lines = [say(text, voice) for text, voice in (("Wait, stop, that is enough.", "flite:awb"),
+                                                  ("Hold on, I have a question.", "flite:rms"),
+                                                  ("No, sorry, go back.", "flite:kal"),
+                                                  ("Okay, thanks, that is all.", "flite:awb"))]
+    for relative_db, at_least in ((0.0, 11), (-6.0, 10)):
+        delays = [_heard_within(echo, reply, person, round(at_s * RATE), relative_db)
+                  for person in lines for at_s in (2.0, 4.0, 6.0)]
+        in_time = sum(d is not None and 0 <= d <= 0.3 for d in delays)
+        assert in_time >= at_least, (relative_db, delays)
 
 
 class _Frames:
