@@ -54,7 +54,9 @@ class EchoExcess:
         self._near_previous = np.zeros(FRAME)
         self._far_previous = np.zeros(FRAME)
         self._overlap = np.zeros(FRAME)
-        self._far_history = np.zeros((TAPS, bins))  # compressed reference levels, newest first
+        # Per bin: the compressed reference levels of the last TAPS frames (newest first), then the whole
+        # reference's level. Shifted in place each frame.
+        self._features = np.zeros((bins, features))
         # Exponentially weighted least squares per bin: compressed echo ≈ weights · features.
         self._products = np.zeros((bins, features, features))
         self._correlations = np.zeros((bins, features))
@@ -77,10 +79,10 @@ class EchoExcess:
         near_power = near_spectrum.real ** 2 + near_spectrum.imag ** 2
         far_spectrum = np.fft.rfft(far_block * WINDOW)
         far_power = far_spectrum.real ** 2 + far_spectrum.imag ** 2
-        self._far_history = np.roll(self._far_history, 1, axis=0)
-        self._far_history[0] = far_power ** _COMPRESSION
-        broad = np.full(FRAME + 1, float(far_power.mean()) ** _COMPRESSION)
-        features = np.vstack((self._far_history, broad)).T  # bins × features
+        features = self._features
+        features[:, 1:TAPS] = features[:, :TAPS - 1]
+        features[:, 0] = far_power ** _COMPRESSION
+        features[:, TAPS] = float(far_power.mean()) ** _COMPRESSION
         if far_power.sum() > ACTIVE_REFERENCE:
             self._learn(features, near_power ** _COMPRESSION)
         predicted = np.maximum(np.einsum("bf,bf->b", self.weights, features), 0.0) ** (1 / _COMPRESSION)

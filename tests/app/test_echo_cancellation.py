@@ -208,10 +208,9 @@ def test_echo_alone_never_interrupts_and_talking_over_the_reply_does(pulse_audio
             echo = echo_trials.echo_only(rig, pulse_audio, [echo_script.replies[i % len(echo_script.replies)]
                                                             for i in range(ECHO_ONLY_REPLIES)])
             assert echo["echo_rms"] > 0.01, "the echo path carried no echo: the test would prove nothing"
-            # The target is zero: `confide bench --aec` measured 0 in 200 replies once the echo's
-            # delay was held still (1 in 25-50 before; README). Held here as a regression guard that a
-            # rare underrun on a shared machine does not fail: the echo is really cancelled, and at most
-            # 3 of 20 replies are cut (without cancellation: all of them).
+            # The target is zero: `confide bench --aec` measures 0-2 in 100 replies (README). Held
+            # here as a regression guard that a rare underrun on a shared machine does not fail: the echo
+            # is really cancelled, and at most 3 of 20 replies are cut (without cancellation: all of them).
             assert echo["erle_db"] is not None and echo["erle_db"] > 15, echo
             assert echo["false_barge_ins"] <= 3, echo
             for i in range(DOUBLE_TALK_TRIALS):
