@@ -172,6 +172,10 @@ class EchoCanceller:
         self.last_excess: np.ndarray | None = None
         self.cpu_s = 0.0  # spent inside AEC3
         self.frames_cancelled = 0
+        # Called on the capture worker with each frame cancelled, the reference frame handed to the excess
+        # with it (None while there is no excess) and whether the excess's output is listened to: what
+        # `confide bench --aec-record` keeps for replaying the excess offline (app/bench/echo_recording.py).
+        self.frame_tap: Callable[[np.ndarray, np.ndarray | None, bool], None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -321,6 +325,7 @@ class EchoCanceller:
         self.frames_cancelled += 1
         self._recent_near.add(frame)
         self._recent_far.add(far)
+        delayed_far = None
         if self._excess is not None and self.echo_heard():  # with headphones on nobody reads it
             if self._played.placements != self._placements:
                 self._placements, self._lag_trusted = self._played.placements, False
@@ -329,6 +334,8 @@ class EchoCanceller:
             delayed_far = self._recent_far.last(max(self._echo_lag - LEAD, 0) + FRAME)[:FRAME]
             excess = self._excess.process(frame, delayed_far)
             self.last_excess = excess if self._excess.ready and self._lag_trusted else None
+        if self.frame_tap is not None:
+            self.frame_tap(frame, delayed_far, self.last_excess is not None)
         if far.any():
             self._playing_frames += 1
             if self._playing_frames >= self._next_check:

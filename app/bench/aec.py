@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from app.bench.desktop import SOURCE_ROOT, virtual_audio
 
@@ -34,12 +35,16 @@ def _progress(text: str) -> None:
     print(f"confide bench --aec: {text}", file=sys.stderr, flush=True)
 
 
-def measure(replies: int, doubletalk_trials: int, work_dir) -> dict:
+def measure(replies: int, doubletalk_trials: int, work_dir, record_dir: Path | None = None) -> dict:
+    """With `record_dir`, each path's echo-only frames are saved to record_dir/<path>.npz for
+    `confide bench --aec-replay` (echo_recording.py)."""
     from app.bench import echo_trials
 
     load = round(os.getloadavg()[0], 2)
     _progress("synthesising replies and interruptions")
     script = echo_trials.synthesize_script(SOURCE_ROOT)
+    if record_dir is not None:
+        record_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     with virtual_audio(work_dir) as pulse:
         from tests.harness.echo_path import acoustic_echo, coloured_echo
@@ -48,8 +53,11 @@ def measure(replies: int, doubletalk_trials: int, work_dir) -> dict:
                            ("coloured", lambda: coloured_echo(pulse, gain_db=0.0, drive=4.0))):
             _progress(f"{name} echo path: {replies} replies, {doubletalk_trials} × 2 double-talk trials")
             began = time.monotonic()
+            record_to = None if record_dir is None else record_dir / f"{name}.npz"
             paths[name] = echo_trials.path_figures(
-                echo_trials.measure_path(pulse, script, replies, doubletalk_trials, path()))
+                echo_trials.measure_path(pulse, script, replies, doubletalk_trials, path(), record_to=record_to))
+            if record_to is not None:
+                _progress(f"{name} echo path: echo-only frames recorded in {record_to}")
             paths[name]["seconds"] = round(time.monotonic() - began, 1)
     results = {}
     for key, pick in WORST.items():

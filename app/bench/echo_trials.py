@@ -13,9 +13,11 @@ natural speech (Piper, flite) pushed into the speaker as a reply's audio deltas 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +27,7 @@ from app.audio.echo_canceller import EchoCanceller
 from app.audio.echo_reference import PlayedAudio
 from app.audio.playback import Speaker
 from app.audio.voice_activity import VoiceActivity
+from app.bench.echo_recording import EchoRecorder
 from app.mic_router import MicRouter
 from app.session_setup import vad_threshold
 from app.settings import ConversationSettings
@@ -117,12 +120,15 @@ def _rms(audio: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(loud)))) if loud.size else 0.0
 
 
-def echo_only(rig: EchoRig, pulse, replies: list[np.ndarray], pause_s: float = 0.3) -> dict:
-    """Play every reply to its end; count barge-ins (all false), measure ERLE and the echo's level."""
+def echo_only(rig: EchoRig, pulse, replies: list[np.ndarray], pause_s: float = 0.3,
+              recorder: EchoRecorder | None = None) -> dict:
+    """Play every reply to its end; count barge-ins (all false), measure ERLE and the echo's level. A
+    recorder (started on the rig's canceller) is told where each reply's frames are."""
     rig.canceller.monitor.reset_totals()
     false_barge_ins, echo_levels, heard_by = 0, [], {}
     for audio in replies:
-        with pulse.record_mic_feed() as heard:
+        span = recorder.reply() if recorder is not None else contextlib.nullcontext()
+        with pulse.record_mic_feed() as heard, span:
             response_id, _ = rig.play(audio)
             reply = rig.wait(response_id)
         false_barge_ins += reply.fired
@@ -174,22 +180,38 @@ def synthesize_script(source_root) -> EchoScript:
 
     reply_lines = [(text, REPLY_VOICES[(i + j) % len(REPLY_VOICES)]) for j in range(2)
                    for i, text in enumerate(REPLY_TEXTS)]
-    user_lines = list(zip(USER_LINES, USER_VOICES))
-    script = synthesize(0, reply_lines + user_lines, source_root)
+    script = synthesize(0, reply_lines + _user_lines(), source_root)
     audio = [line.audio for line in script.lines]
     return EchoScript(audio[:len(reply_lines)], audio[len(reply_lines):])
 
 
+def synthesize_users(source_root) -> list[np.ndarray]:
+    """Only the person's lines of synthesize_script, for replaying recordings (echo_replay.py)."""
+    from app.bench.spoken_lines import synthesize
+
+    return [line.audio for line in synthesize(0, _user_lines(), source_root).lines]
+
+
+def _user_lines() -> list[tuple[str, str]]:
+    return list(zip(USER_LINES, USER_VOICES))
+
+
 def measure_path(pulse, script: EchoScript, replies: int, doubletalk_trials: int, echo_path,
-                 rig: EchoRig | None = None) -> dict:
+                 rig: EchoRig | None = None, record_to: Path | None = None) -> dict:
     """Echo only, then double talk at the echo's level and 6 dB under it, on one echo path (a context
-    manager from tests.harness.echo_path). A fresh canceller unless `rig` is given."""
+    manager from tests.harness.echo_path). A fresh canceller unless `rig` is given. With `record_to`,
+    what the canceller fed the excess over the echo-only replies is saved there (echo_recording.py)."""
     own_rig = rig is None
     rig = rig or EchoRig().start()
+    recorder = EchoRecorder(rig.canceller).start() if record_to is not None else None
     try:
         with echo_path:
             time.sleep(0.5)
-            echo = echo_only(rig, pulse, [script.replies[i % len(script.replies)] for i in range(replies)])
+            echo = echo_only(rig, pulse, [script.replies[i % len(script.replies)] for i in range(replies)],
+                             recorder=recorder)
+            if recorder is not None:
+                recorder.stop()
+                recorder.recording(echo["echo_rms"]).save(record_to)
             results = {"echo": echo}
             for name, relative_db in (("equal", 0.0), ("minus_6db", -6.0)):
                 trials = []
@@ -204,6 +226,8 @@ def measure_path(pulse, script: EchoScript, replies: int, doubletalk_trials: int
         results["delay_drift_ppm"] = round(rig.canceller.delay_drift_ppm, 1)
         results["reference_placements"] = rig.played.placements
     finally:
+        if recorder is not None:
+            recorder.stop()
         if own_rig:
             rig.stop()
     return results
