@@ -24,7 +24,8 @@ with less margin. Replayed on four recordings of the harness's two echo paths (1
 a person mixed in at the echo's level over 114): 0 false onsets and 81 of 114 heard within 250 ms,
 against 0 and 56 for the earlier prediction. At OVERESTIMATE 4: 86 and still 0 false offline, but live
 the saturating path's echo passed for the person once in 50 replies in two runs of three; at 3.5, 5
-false offline. Live figures: `confide bench --aec` (README).
+false offline. Live figures: `confide bench --aec` (README); offline, on frames recorded by its
+`--aec-record`: `confide bench --aec-replay`.
 """
 
 from __future__ import annotations

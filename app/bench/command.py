@@ -14,7 +14,9 @@ and PulseAudio with a virtual microphone and speaker. In order:
 6. optionally (`--engine-bench`), with the app stopped, `confide-engine bench` for the engine's own figure.
 
 `--soak` measures something else: an hour of conversation simulated at accelerated time, for memory
-growth and latency drift (app/bench/soak.py says what is real and what is accelerated).
+growth and latency drift (app/bench/soak.py says what is real and what is accelerated). `--aec` measures
+echo cancellation on open speakers (app/bench/aec.py); `--aec-replay` judges the barge-in detector's
+second ear offline, on frames an `--aec --aec-record` run kept (app/bench/echo_replay.py).
 
 CPU and memory are the app process's own (this process), never the engine's, which is reported apart.
 """
@@ -72,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --aec: echo-only replies per echo path (default 50; two paths)")
     parser.add_argument("--doubletalk", type=int, default=12,
                         help="with --aec: double-talk trials per level and echo path (default 12)")
+    parser.add_argument("--aec-record", type=Path, metavar="DIR",
+                        help="with --aec: save what the barge-in detector's second ear was fed over each echo "
+                             "path's echo-only replies to DIR/<path>.npz, for --aec-replay")
+    parser.add_argument("--aec-replay", type=Path, metavar="DIR",
+                        help="instead of a run, replay the recordings in DIR through the second ear (EchoExcess) "
+                             "offline, with no audio devices: false onsets and detection as JSON (see "
+                             "app/bench/echo_replay.py)")
+    parser.add_argument("--aec-replay-db", type=float, nargs="+", action="extend", metavar="DB",
+                        help="with --aec-replay: the person's level against the echo's, in dB (default 0)")
+    parser.add_argument("--aec-replay-set", action="append", metavar="NAME=VALUE",
+                        help="with --aec-replay: override a constant of app/audio/echo_excess.py, e.g. "
+                             "OVERESTIMATE=4 (repeatable)")
     parser.add_argument("--soak", action="store_true",
                         help="an hour of conversation at accelerated time instead: memory growth and latency "
                              "drift, first ten minutes against the last (see app/bench/soak.py)")
@@ -88,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             print(f"confide bench: --{name} must be at least 1", file=sys.stderr)
             return 2
+    misuse = _misused_aec_option(args)
+    if misuse:
+        print(f"confide bench: {misuse}", file=sys.stderr)
+        return 2
+    if args.aec_replay is not None:
+        return _aec_replay(args)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     keep = args.work_dir is not None
@@ -100,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.aec:
             from app.bench import aec
 
-            results = aec.measure(args.aec_replies, args.doubletalk, work_dir)
+            results = aec.measure(args.aec_replies, args.doubletalk, work_dir, args.aec_record)
         else:
             results = measure(args, work_dir)
     except DesktopUnavailable as error:
@@ -122,6 +142,31 @@ def main(argv: list[str] | None = None) -> int:
 
 def _progress(text: str) -> None:
     print(f"confide bench: {text}", file=sys.stderr, flush=True)
+
+
+def _misused_aec_option(args: argparse.Namespace) -> str:
+    if args.aec_record is not None and not args.aec:
+        return "--aec-record records an --aec run: add --aec"
+    if args.aec_replay is not None and (args.aec or args.soak):
+        return "--aec-replay replays recordings instead of a run: leave out --aec and --soak"
+    if args.aec_replay is None and (args.aec_replay_db or args.aec_replay_set):
+        return "--aec-replay-db and --aec-replay-set go with --aec-replay DIR"
+    return ""
+
+
+def _aec_replay(args: argparse.Namespace) -> int:
+    """Replay needs neither the desktop nor a work folder; what is wrong with the input is one line."""
+    from app.bench import echo_replay
+
+    try:
+        overrides = echo_replay.parse_overrides(args.aec_replay_set or [])
+        recordings = echo_replay.load_recordings(args.aec_replay)
+    except ValueError as error:
+        print(f"confide bench: {error}", file=sys.stderr)
+        return 2
+    results = echo_replay.measure(recordings, args.aec_replay_db or [0.0], overrides, _progress)
+    print(json.dumps(results, indent=2))
+    return 0
 
 
 def measure(args: argparse.Namespace, work_dir: Path) -> dict:

@@ -8,28 +8,16 @@ import numpy as np
 import soxr
 
 from app.audio.echo_canceller import FRAME, EchoCanceller
-from app.audio.echo_excess import LEAD, WARM_UP_FRAMES, EchoExcess
+from app.audio.echo_excess import WARM_UP_FRAMES, EchoExcess
 from app.audio.echo_reference import PlayedAudio
 from app.audio.voice_activity import VoiceActivity
+from tests.small_speaker import DELAY, RATE, REPLY, delayed_reference, feed_canceller, small_speaker
 from tests.speakers import say
-
-RATE = 24_000
-DELAY = round(0.05 * RATE)
-REPLY = ("Sure. The train to the airport leaves every twenty minutes from platform three. "
-         "Most people take about four hours to reach the top, depending on the weather.")
-
-
-def _small_speaker(audio: np.ndarray) -> np.ndarray:
-    """Overdriven (tanh at drive 4) and band-limited (about 300-4000 Hz), 50 ms late, quieter."""
-    driven = np.tanh(4.0 * audio)
-    narrow = soxr.resample(soxr.resample(driven, RATE, 8_000), 8_000, RATE)[:len(driven)]  # below 4 kHz
-    narrow = narrow - np.convolve(narrow, np.ones(40) / 40, mode="same")  # a crude high-pass
-    return np.concatenate([np.zeros(DELAY, np.float32), 0.3 * narrow])[:len(audio)].astype(np.float32)
 
 
 def _excess_of(near: np.ndarray, far: np.ndarray) -> np.ndarray:
     excess = EchoExcess()
-    delayed = np.concatenate([np.zeros(DELAY - LEAD, np.float32), far])  # as the canceller hands it on
+    delayed = delayed_reference(far)  # as the canceller hands it on
     return np.concatenate([excess.process(near[i:i + FRAME], delayed[i:i + FRAME])
                            for i in range(0, len(near) - FRAME + 1, FRAME)])
 
@@ -48,7 +36,7 @@ def _power_db(audio: np.ndarray) -> float:
 
 def test_echo_alone_leaves_nothing_that_passes_for_speech():
     reply = say(REPLY, "flite:slt")
-    echo = _small_speaker(reply)
+    echo = small_speaker(reply)
     excess = _excess_of(echo, reply)
     learnt = WARM_UP_FRAMES * FRAME
     # 20 dB here (6.5 dB of margin, to keep a person heard): what is left is a few frames of leak, 112
@@ -59,7 +47,7 @@ def test_echo_alone_leaves_nothing_that_passes_for_speech():
 
 def test_a_person_as_loud_as_the_echo_keeps_their_voice_and_is_heard_at_once():
     reply = say(REPLY, "flite:slt")
-    echo = _small_speaker(reply)
+    echo = small_speaker(reply)
     person = say("Wait, stop, that is enough.", "flite:awb")
     start = 3 * RATE
     near, gain = _talk_over(echo, person, start)
@@ -94,7 +82,7 @@ def test_people_talking_over_any_part_of_the_reply_are_heard_in_time():
     300 ms, at equal level and 6 dB under the echo. (The earlier prediction, the loudest of 60 ms of
     reference with 7.8 dB of margin, heard 10 and 6.)"""
     reply = say(REPLY, "flite:slt")
-    echo = _small_speaker(reply)
+    echo = small_speaker(reply)
     lines = [say(text, voice) for text, voice in (("Wait, stop, that is enough.", "flite:awb"),
                                                   ("Hold on, I have a question.", "flite:rms"),
                                                   ("No, sorry, go back.", "flite:kal"),
@@ -119,29 +107,20 @@ class _Frames:
 
 def _run_canceller(ran_dry_at_s: float | None = None, delay_moves_at_s: float | None = None,
                    drift_ppm: float = 0.0) -> tuple[EchoCanceller, _Frames, np.ndarray]:
-    """The speaker's blocks are reported as they leave the device, just ahead of the microphone."""
+    """The small speaker's echo of REPLY through a canceller (feed_canceller), with what it handed on."""
     reply = say(REPLY, "flite:slt")
-    echo = _small_speaker(reply)
+    echo = small_speaker(reply)
     if drift_ppm:  # the microphone's clock runs slow against the speaker's: the echo comes later and later
         echo = soxr.resample(echo, RATE, RATE * (1 + drift_ppm * 1e-6), quality="VHQ")[:len(reply)]
     if delay_moves_at_s is not None:  # from then on the echo comes 20 ms later
         at = round(delay_moves_at_s * RATE)
         echo = np.concatenate([echo[:at], np.zeros(480, np.float32), echo[at:]])[:len(reply)]
     played = PlayedAudio()
-    audio_48k = soxr.resample(reply, RATE, 48_000).astype(np.float32)
-    blocks = range(0, len(audio_48k) - 240 + 1, 240)
-    dry_block = None if ran_dry_at_s is None else round(ran_dry_at_s * 48_000 / 240) * 240
     box: list = []
     frames = _Frames(box)
     canceller = EchoCanceller(played, frames)
     box.append(canceller)
-    reported = iter(blocks)
-    for position in range(0, len(echo) - FRAME + 1, FRAME):
-        for i in reported:
-            played.played(audio_48k[i:i + 240].copy(), 100.0 + i / 48_000, 48_000, 960 + i, i == dry_block)
-            if i / 48_000 > position / RATE + 0.02:
-                break
-        canceller.process(echo[position:position + FRAME], 100.0 + position / RATE)
+    feed_canceller(canceller, played, reply, echo, ran_dry_at_s)
     return canceller, frames, echo
 
 
