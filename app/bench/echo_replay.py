@@ -4,8 +4,9 @@ minutes instead of an 11-minute live run, with no audio devices and no display.
 
 For each recording (one echo path):
 - echo only: the microphone's frames go through a fresh EchoExcess as the canceller fed it, and Silero
-  (the person's threshold, 64 ms of speech, as the detector hears the excess) listens to its output where
-  the live detector listened, afresh for each reply: every reply it fires in is a false onset;
+  (the person's threshold, 64 ms of speech or one sure frame, as the detector hears the excess) listens
+  to its output where the live detector listened, afresh for each reply: every reply it fires in is a
+  false onset;
 - a person talking over each reply: one of the bench's user lines mixed into the microphone's frames at
   the recorded echo's level, shifted by each `--aec-replay-db` level, from 0.6-1.2 s into the reply (as
   echo_trials.double_talk does live); detection is timed from the line's first sound to the end of the
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from app.audio import echo_excess
+from app.audio.barge_in_detector import sure_threshold
 from app.audio.capture import PROTOCOL_RATE
 from app.audio.echo_canceller import FRAME
 from app.audio.voice_activity import DEFAULT_MIN_SPEECH_MS, VoiceActivity
@@ -129,6 +131,7 @@ def excess_heard(recording: EchoRecording, near: np.ndarray) -> list[np.ndarray 
 def first_onset(heard: list[np.ndarray | None], start: int, end: int) -> int | None:
     """The frame in [start, end) in which a fresh Silero finds the onset of speech in `heard`."""
     vad = VoiceActivity(THRESHOLD, DEFAULT_MIN_SPEECH_MS)
+    vad.sure_threshold = sure_threshold(THRESHOLD)  # as BargeInDetector hears the excess
     for i in range(start, end):
         if heard[i] is not None and vad.feed(heard[i]):
             return i
