@@ -509,22 +509,34 @@ def find_signal(haystack: np.ndarray, needle: np.ndarray) -> tuple[int, float]:
 
 
 def matching_windows(recorded: np.ndarray, reference: np.ndarray, window_ms: int = 50,
-                     threshold: float = 0.99, rate: int = RATE) -> float:
-    """The share of `reference`'s non-silent 50 ms windows found intact in `recorded` near where the
-    whole lines up. A scheduling hiccup on a loaded machine (a late block: a few ms dropped or a gap)
-    spoils one window, not everything after it the way one global correlation would."""
+                     threshold: float = 0.99, rate: int = RATE, gap_ms: int = 400) -> float:
+    """The share of `reference`'s non-silent 50 ms windows found intact in `recorded`, each looked for
+    where the one before it was found. A scheduling hiccup on a loaded machine (a late block: a few ms
+    dropped or a gap) spoils one window, not everything after it the way one global correlation would;
+    a device that ran dry plays its own silence and shifts all that follows, so a window not found near
+    the line is looked for up to `gap_ms` either side and, found there, moves the line."""
     offset, _ = find_signal(recorded, reference)
     size = rate * window_ms // 1000
     slack = size  # a hiccup shifts what follows by a few ms at most
+    gap = rate * gap_ms // 1000
+
+    def found_near(piece: np.ndarray, at: int, span: int) -> tuple[int, float]:
+        low = max(0, at - span)
+        where, correlation = find_signal(recorded[low : at + size + span], piece)
+        return low + where, correlation
+
     good = total = 0
     for start in range(0, len(reference) - size + 1, size):
         piece = reference[start : start + size]
         if np.abs(piece).max() < 0.01:
             continue
         total += 1
-        low = max(0, offset + start - slack)
-        _, correlation = find_signal(recorded[low : offset + start + size + slack], piece)
-        good += correlation > threshold
+        where, correlation = found_near(piece, offset + start, slack)
+        if correlation <= threshold:
+            where, correlation = found_near(piece, offset + start, gap)
+        if correlation > threshold:
+            good += 1
+            offset = where - start
     return good / total if total else 0.0
 
 
