@@ -8,6 +8,8 @@ import logging
 import os
 import sys
 
+from engine.runtime import limit_malloc_arenas
+
 # ONNX Runtime (1.32 here) records usage telemetry on Linux and macOS too: a device id and a queue of events
 # (OS, process path, models run) in ~/.cache/Microsoft/DeveloperTools, a session file in the temporary folder,
 # for upload to Microsoft's collector when a network is there. The engine runs offline and reports to no one.
@@ -42,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    limit_malloc_arenas()  # before any model runner starts a thread
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

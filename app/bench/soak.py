@@ -22,7 +22,7 @@ transcription, prefill, first phrase, first speech chunk and the socket); the dr
 p95 over the first ten simulated minutes with the last ten, for spoken questions and interjections (screen
 questions are reported apart: their wait is mostly reading the screenshot). The clock starts after a
 warm-up that takes every path once (`WARM_UP`). Memory is the resident size of the app process (this one)
-and of the engine, at the end of the first ten simulated minutes and at the end.
+and of the engine, at the end of the first ten simulated minutes, half-way and at the end.
 """
 
 from __future__ import annotations
@@ -379,6 +379,7 @@ def _figures(soak: _Soak, turns: list[SoakTurn], minutes: float) -> dict:
     screen = {name: [t.eos_to_first_delta_ms for t in window if t.kind == "screen"] for name, window in windows.items()}
     samples = [s for s in soak.samples if s["sim_s"] > 0]
     warm = next((s for s in samples if s["sim_s"] >= WINDOW_S), samples[0])
+    half = next((s for s in samples if s["sim_s"] >= end / 2), warm)
     final = samples[-1]
     prompts = _engine_prompts(soak.supervisor.log_path)
     prompt_tokens = {name: [prompts[t.response_id] for t in window if t.response_id in prompts]
@@ -420,6 +421,11 @@ def _figures(soak: _Soak, turns: list[SoakTurn], minutes: float) -> dict:
         "app_rss_mb_after_warm_up": warm["app_rss_mb"],
         "app_rss_mb_at_end": final["app_rss_mb"],
         "app_rss_growth_percent": _growth(warm["app_rss_mb"], final["app_rss_mb"]),
+        # A leak grows with the turns, in the second half-hour as in the first; what fills once (the
+        # model's window, buffers sized by the longest prompt so far) has mostly filled by then.
+        "rss_second_half_from_simulated_min": round(half["sim_s"] / 60, 1),
+        "engine_rss_growth_percent_second_half": _growth(half["engine_rss_mb"], final["engine_rss_mb"]),
+        "app_rss_growth_percent_second_half": _growth(half["app_rss_mb"], final["app_rss_mb"]),
         "app_threads_after_warm_up": warm["app_threads"],
         "app_threads_at_end": final["app_threads"],
         "app_replies_tracked_at_end": len(soak.controller._facts.replies),
