@@ -1,6 +1,6 @@
-"""A small speaker's echo, synthetic (late, saturating, band-limited), and the canceller fed with it as the
-app feeds it: shared by the excess's tests (tests/app/test_echo_excess.py) and the replay's
-(tests/app/test_echo_replay.py)."""
+"""A small speaker's echo, synthetic (late, saturating, band-limited), a clean speaker's beside it, and the
+canceller fed as the app feeds it: shared by the excess's tests (tests/app/test_echo_excess.py) and the
+replay's (tests/app/test_echo_replay.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ def small_speaker(audio: np.ndarray) -> np.ndarray:
     narrow = soxr.resample(soxr.resample(driven, RATE, 8_000), 8_000, RATE)[:len(driven)]  # below 4 kHz
     narrow = narrow - np.convolve(narrow, np.ones(40) / 40, mode="same")  # a crude high-pass
     return np.concatenate([np.zeros(DELAY, np.float32), 0.3 * narrow])[:len(audio)].astype(np.float32)
+
+
+def clean_speaker(audio: np.ndarray) -> np.ndarray:
+    """A good speaker close to the microphone: linear, 50 ms late, quieter (the harness's loopback path)."""
+    return np.concatenate([np.zeros(DELAY, np.float32), 0.3 * audio])[:len(audio)].astype(np.float32)
 
 
 def delayed_reference(far: np.ndarray) -> np.ndarray:

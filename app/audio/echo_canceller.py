@@ -248,6 +248,11 @@ class EchoCanceller:
         return self._delay.rate / PROTOCOL_RATE * 1e6
 
     @property
+    def excess_margin_db(self) -> float | None:
+        """By how much the excess over-subtracts the echo it predicts, as it measured the path (EchoExcess)."""
+        return None if self._excess is None else round(float(self._excess.margin_db), 1)
+
+    @property
     def excess_ear(self) -> bool:
         """Whether the detector has the excess to listen to (now or once the delay is verified again):
         from the first check that found the echo on."""

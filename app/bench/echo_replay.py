@@ -10,7 +10,10 @@ For each recording (one echo path):
 - a person talking over each reply: one of the bench's user lines mixed into the microphone's frames at
   the recorded echo's level, shifted by each `--aec-replay-db` level, from 0.6-1.2 s into the reply (as
   echo_trials.double_talk does live); detection is timed from the line's first sound to the end of the
-  frame that Silero fires in. An onset before that sound is the echo's, and counts as no detection.
+  frame that Silero fires in. An onset before that sound is the echo's, and counts as no detection. Each
+  interruption runs on a copy of the excess as the echo alone left it at the line's start, as live, where
+  the reply stops at the barge-in and the next reply is learnt from echo alone (one pass carrying each
+  interruption into the next, as until 2026-12, heard one fewer of 96 on a pair of recordings).
 
 `--aec-replay-set NAME=VALUE` overrides one of echo_excess's constants for the replay (OVERESTIMATE=4 to
 try a smaller margin), so a setting can be swept without editing the code.
@@ -19,6 +22,7 @@ try a smaller margin), so a setting can be swept without editing the code.
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,7 +36,7 @@ from app.audio.capture import PROTOCOL_RATE
 from app.audio.echo_canceller import FRAME
 from app.audio.voice_activity import DEFAULT_MIN_SPEECH_MS, VoiceActivity
 from app.bench.echo_recording import EchoRecording
-from app.bench.echo_trials import _rms
+from app.bench.echo_trials import line_gain, line_onset
 from app.bench.figures import p50
 from app.session_setup import vad_threshold
 from app.settings import ConversationSettings
@@ -44,16 +48,15 @@ THRESHOLD = vad_threshold(ConversationSettings().vad_sensitivity)
 TALK_FROM_FRAMES = 60
 TALK_STEP_FRAMES = 20
 TALK_AT_LEAST_FRAMES = 80
-LINE_ONSET = 0.01  # a line's speech begins at its first sample above this fraction of its peak
 # Fixed by the recording: the canceller already took the reference this much ahead of the echo's delay.
 RECORDED_CONSTANTS = ("FRAME", "LEAD")
 
 
 @dataclass(frozen=True)
 class Interruption:
+    reply: int  # which echo-only reply is talked over (and so which user line: users[reply % len(users)])
     start: int  # the frame the person's line is mixed in from
     end: int  # the end of the reply's frames: heard after that is too late
-    onset: int  # the sample where their speech begins
 
 
 @dataclass
@@ -113,12 +116,14 @@ def overridden(overrides: dict[str, int | float]) -> Iterator[None]:
             setattr(echo_excess, name, value)
 
 
-def excess_heard(recording: EchoRecording, near: np.ndarray) -> list[np.ndarray | None]:
-    """Per frame, the excess's output where the detector listened to it (else None), `near` fed as the
-    canceller fed the recorded microphone."""
-    excess = echo_excess.EchoExcess()
+def excess_heard(recording: EchoRecording, near: np.ndarray, excess: echo_excess.EchoExcess | None = None,
+                 first: int = 0) -> list[np.ndarray | None]:
+    """Per frame from `first` on, the excess's output where the detector listened to it (else None), `near`
+    (the frames from `first`) fed as the canceller fed the recorded microphone; a fresh excess by default."""
+    excess = excess or echo_excess.EchoExcess()
     heard: list[np.ndarray | None] = []
-    for frame, far, fed, used in zip(near, recording.far, recording.has_far, recording.used):
+    for frame, far, fed, used in zip(near, recording.far[first:], recording.has_far[first:],
+                                     recording.used[first:]):
         if not fed:
             heard.append(None)
             continue
@@ -128,47 +133,57 @@ def excess_heard(recording: EchoRecording, near: np.ndarray) -> list[np.ndarray 
     return heard
 
 
-def first_onset(heard: list[np.ndarray | None], start: int, end: int) -> int | None:
+def first_onset(heard: list[np.ndarray | None], start: int = 0, end: int | None = None) -> int | None:
     """The frame in [start, end) in which a fresh Silero finds the onset of speech in `heard`."""
     vad = VoiceActivity(THRESHOLD, DEFAULT_MIN_SPEECH_MS)
     vad.sure_threshold = sure_threshold(THRESHOLD)  # as BargeInDetector hears the excess
-    for i in range(start, end):
+    for i in range(start, len(heard) if end is None else end):
         if heard[i] is not None and vad.feed(heard[i]):
             return i
     return None
 
 
-def talked_over(recording: EchoRecording, users: list[np.ndarray],
-                relative_db: float) -> tuple[np.ndarray, list[Interruption]]:
-    """The microphone's frames with a person talking over every reply long enough, and where."""
-    mixed = recording.near.astype(np.float64)
-    samples = mixed.reshape(-1)  # a view: the line runs on across frames
-    interruptions = []
+def planned_interruptions(recording: EchoRecording) -> list[Interruption]:
+    """Every reply long enough is talked over, from 0.6-1.2 s into it."""
+    planned = []
     for k, (reply_start, reply_end) in enumerate(recording.replies.tolist()):
         start = reply_start + TALK_FROM_FRAMES + TALK_STEP_FRAMES * (k % 4)
-        if start + TALK_AT_LEAST_FRAMES > reply_end:
-            continue
-        line = users[k % len(users)]
-        gain = recording.echo_rms * 10 ** (relative_db / 20) / max(_rms(line), 1e-9)
-        spoken = gain * line[:len(samples) - start * FRAME]
-        samples[start * FRAME:start * FRAME + len(spoken)] += spoken
-        loud = np.flatnonzero(np.abs(line) > LINE_ONSET * np.abs(line).max())
-        interruptions.append(Interruption(start, reply_end, start * FRAME + (int(loud[0]) if loud.size else 0)))
-    return mixed, interruptions
+        if start + TALK_AT_LEAST_FRAMES <= reply_end:
+            planned.append(Interruption(k, start, reply_end))
+    return planned
+
+
+def talked_over(recording: EchoRecording, interruption: Interruption, line: np.ndarray,
+                relative_db: float) -> tuple[np.ndarray, int]:
+    """The microphone's frames of the interruption with `line` spoken over them, and the sample (from
+    the first of them) where the line begins to sound."""
+    frames = recording.near[interruption.start:interruption.end].astype(np.float64)
+    samples = frames.reshape(-1)  # a view: the line runs on across frames
+    spoken = line_gain(recording.echo_rms, line, relative_db) * line[:len(samples)]
+    samples[:len(spoken)] += spoken
+    return frames, line_onset(line)
 
 
 def replay_path(recording: EchoRecording, users: list[np.ndarray], levels_db: list[float]) -> PathReplay:
-    heard = excess_heard(recording, recording.near)
+    """Echo only over the whole recording; then each interruption on its own, from a copy of the excess as
+    the echo-only pass left it at the interruption's start: live, the reply stops at the barge-in, so what
+    the excess learnt from one interruption never reaches the next."""
+    planned = planned_interruptions(recording)
+    excess, heard, before, at = echo_excess.EchoExcess(), [], {}, 0
+    for interruption in planned:  # in order: the starts rise
+        heard += excess_heard(recording, recording.near[at:interruption.start], excess, at)
+        before[interruption.start], at = copy.deepcopy(excess), interruption.start
+    heard += excess_heard(recording, recording.near[at:], excess, at)
     false_onsets = sum(first_onset(heard, start, end) is not None for start, end in recording.replies.tolist())
     delays = {}
     for relative_db in levels_db:
-        mixed, interruptions = talked_over(recording, users, relative_db)
-        heard = excess_heard(recording, mixed)
         delays[relative_db] = []
-        for interruption in interruptions:
-            hit = first_onset(heard, interruption.start, interruption.end)
-            delays[relative_db].append(
-                None if hit is None else ((hit + 1) * FRAME - interruption.onset) * 1000 / PROTOCOL_RATE)
+        for interruption in planned:
+            frames, onset = talked_over(recording, interruption, users[interruption.reply % len(users)],
+                                        relative_db)
+            hit = first_onset(excess_heard(recording, frames, copy.deepcopy(before[interruption.start]),
+                                           interruption.start))
+            delays[relative_db].append(None if hit is None else ((hit + 1) * FRAME - onset) * 1000 / PROTOCOL_RATE)
     return PathReplay(len(recording.replies), false_onsets, delays)
 
 

@@ -115,9 +115,23 @@ class EchoRig:
             self.last_fired_at = reply.fired_at
 
 
+SOUND = 0.01  # of a recording's peak: quieter samples are the silence around and between words
+
+
 def _rms(audio: np.ndarray) -> float:
-    loud = audio[np.abs(audio) > 0.01 * max(1e-9, float(np.abs(audio).max()))]
+    loud = audio[np.abs(audio) > SOUND * max(1e-9, float(np.abs(audio).max()))]
     return float(np.sqrt(np.mean(np.square(loud)))) if loud.size else 0.0
+
+
+def line_onset(line: np.ndarray) -> int:
+    """The sample where a person's line begins to sound."""
+    loud = np.flatnonzero(np.abs(line) > SOUND * np.abs(line).max())
+    return int(loud[0]) if loud.size else 0
+
+
+def line_gain(echo_rms: float, line: np.ndarray, relative_db: float) -> float:
+    """What a line is scaled by to be spoken `relative_db` against the echo's level."""
+    return echo_rms * 10 ** (relative_db / 20) / max(_rms(line), 1e-9)
 
 
 def echo_only(rig: EchoRig, pulse, replies: list[np.ndarray], pause_s: float = 0.3,
@@ -137,7 +151,8 @@ def echo_only(rig: EchoRig, pulse, replies: list[np.ndarray], pause_s: float = 0
         echo_levels.append(_rms(heard.audio()))
         time.sleep(pause_s)
     return {"replies": len(replies), "false_barge_ins": false_barge_ins, "false_barge_ins_heard_by": heard_by,
-            "erle_db": rig.canceller.monitor.erle_db(), "echo_rms": float(np.median(echo_levels))}
+            "erle_db": rig.canceller.monitor.erle_db(), "echo_rms": float(np.median(echo_levels)),
+            "excess_margin_db": rig.canceller.excess_margin_db}
 
 
 @dataclass(frozen=True)
@@ -163,8 +178,7 @@ def double_talk(rig: EchoRig, pulse, reply: np.ndarray, user: np.ndarray, gain: 
         return DoubleTalk(False, None)
     # Where the person's speech is in what the microphone heard (under the echo), and its first sound.
     at, _score = find_signal(heard.audio(), spoken)
-    loud = np.flatnonzero(np.abs(spoken) > 0.01 * np.abs(spoken).max())
-    onset = heard.time_of(at + (int(loud[0]) if loud.size else 0))
+    onset = heard.time_of(at + line_onset(spoken))
     return DoubleTalk(True, round((outcome.fired_at - onset) * 1000, 1), outcome.heard_by)
 
 
@@ -217,9 +231,8 @@ def measure_path(pulse, script: EchoScript, replies: int, doubletalk_trials: int
                 trials = []
                 for i in range(doubletalk_trials):
                     user = script.users[i % len(script.users)]
-                    gain = echo["echo_rms"] * 10 ** (relative_db / 20) / max(_rms(user), 1e-9)
                     trials.append(double_talk(rig, pulse, script.replies[(i + 3) % len(script.replies)], user,
-                                              gain, 0.6 + 0.2 * (i % 4)))
+                                              line_gain(echo["echo_rms"], user, relative_db), 0.6 + 0.2 * (i % 4)))
                     time.sleep(0.4)
                 results[name] = trials
         results["cpu_ms_per_10ms"] = round(1000 * rig.canceller.cpu_s / max(1, rig.canceller.frames_cancelled), 3)
@@ -242,7 +255,8 @@ def path_figures(results: dict) -> dict:
                "aec_cpu_ms_per_10ms": results["cpu_ms_per_10ms"],
                # The streams' clocks as the canceller saw them: the drift it followed, and how often the
                # reference was placed afresh (new stream, underrun, stall).
-               "delay_drift_ppm": results["delay_drift_ppm"], "reference_placements": results["reference_placements"]}
+               "delay_drift_ppm": results["delay_drift_ppm"], "reference_placements": results["reference_placements"],
+               "excess_margin_db_after_echo_only": echo["excess_margin_db"]}
     for name in ("equal", "minus_6db"):
         trials = results[name]
         # A cut before the person spoke is the echo's doing (a false barge-in), not a detection.

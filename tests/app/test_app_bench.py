@@ -100,6 +100,7 @@ def test_a_reduced_echo_cancellation_run_reports_every_figure_for_both_echo_path
         assert path["erle_db"] is not None and path["erle_db"] > 6, path  # and was really cancelled
         assert 0 < path["aec_cpu_ms_per_10ms"] < 10, path
         assert abs(path["delay_drift_ppm"]) <= 2000 and path["reference_placements"] >= 1, path
+        assert 3.0 <= path["excess_margin_db_after_echo_only"] <= 7.0, path  # as measured on that path
         for level in ("", "_minus_6db"):
             assert 0 <= path[f"doubletalk_detect_rate{level}"] <= 1
     for key in ("erle_db", "false_bargein_rate", "doubletalk_detect_rate", "doubletalk_detect_ms_p50",

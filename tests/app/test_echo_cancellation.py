@@ -215,7 +215,7 @@ def test_echo_alone_never_interrupts_and_talking_over_the_reply_does(pulse_audio
             assert echo["false_barge_ins"] <= 3, echo
             for i in range(DOUBLE_TALK_TRIALS):
                 user = echo_script.users[i]
-                gain = echo["echo_rms"] / echo_trials._rms(user)  # as loud as the echo
+                gain = echo_trials.line_gain(echo["echo_rms"], user, 0.0)  # as loud as the echo
                 with pulse_audio.record_speaker() as heard:
                     outcome = echo_trials.double_talk(rig, pulse_audio, echo_script.replies[i], user, gain, 0.8)
                     time.sleep(0.7)  # the speaker's sound after the detection, however late in the line it came
