@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -33,11 +32,12 @@ def limit_malloc_arenas(arenas: int | None = None) -> bool:
     """Cap glibc's heap arenas for this process (before its threads start): MALLOC_ARENAS, or
     CONFIDE_MALLOC_ARENAS (0: glibc's own default). False where nothing was capped."""
     if arenas is None:
-        arenas = int(os.environ.get("CONFIDE_MALLOC_ARENAS") or MALLOC_ARENAS)
+        setting = os.environ.get("CONFIDE_MALLOC_ARENAS", "")
+        arenas = int(setting) if setting.strip().isdigit() else MALLOC_ARENAS
     if arenas <= 0 or not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(_M_ARENA_MAX, arenas))
+        # The process's own symbols, where the C library already is: find_library would run ldconfig.
+        return bool(ctypes.CDLL(None).mallopt(_M_ARENA_MAX, arenas))
     except (OSError, AttributeError):  # another C library (musl has no mallopt)
         return False
