@@ -87,6 +87,7 @@ class EchoExcess:
         self.learnt_frames = 0
         self.margin_db = 10 * np.log10(OVERESTIMATE)  # the path is trusted only once measured
         self.needed_db = self.margin_db - SAFETY_DB
+        self._margin = OVERESTIMATE  # margin_db as a power ratio: what the echo is multiplied by
 
     @property
     def ready(self) -> bool:
@@ -114,7 +115,7 @@ class EchoExcess:
         predicted = np.maximum(np.einsum("bf,bf->b", self.weights, features), 0.0) ** (1 / _COMPRESSION)
         if playing and self.ready:
             self._follow_margin(near_power, predicted)
-        left = np.maximum(near_power - 10 ** (self.margin_db / 10) * predicted, 0.0)
+        left = np.maximum(near_power - self._margin * predicted, 0.0)
         spectrum = near_spectrum * np.sqrt(left / np.maximum(near_power, 1e-20))
         block = np.fft.irfft(spectrum, 2 * FRAME) * WINDOW
         out = self._overlap + block[:FRAME]
@@ -137,6 +138,7 @@ class EchoExcess:
         else:
             self.needed_db -= NEEDED_STEP_DB * (1 - NEEDED_QUANTILE) / NEEDED_QUANTILE
         self.margin_db = min(10 * np.log10(OVERESTIMATE), max(MIN_MARGIN_DB, self.needed_db + SAFETY_DB))
+        self._margin = 10 ** (self.margin_db / 10)
 
     def _learn(self, features: np.ndarray, echo: np.ndarray) -> None:
         self.learnt_frames += 1

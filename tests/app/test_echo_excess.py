@@ -25,10 +25,7 @@ from tests.speakers import say
 
 
 def _excess_of(near: np.ndarray, far: np.ndarray) -> np.ndarray:
-    excess = EchoExcess()
-    delayed = delayed_reference(far)  # as the canceller hands it on
-    return np.concatenate([excess.process(near[i:i + FRAME], delayed[i:i + FRAME])
-                           for i in range(0, len(near) - FRAME + 1, FRAME)])
+    return _run_excess(near, far, EchoExcess())[0]
 
 
 def _onset(audio: np.ndarray, start: int, threshold: float = 0.5) -> int | None:
@@ -109,7 +106,7 @@ def test_people_talking_over_any_part_of_the_reply_are_heard_in_time():
 def _run_excess(near: np.ndarray, far: np.ndarray, excess: EchoExcess, start: int = 0,
                 end: int | None = None) -> tuple[np.ndarray, list[float]]:
     """`excess` fed the frames in [start, end) samples: its output, and its margin after each frame."""
-    delayed = delayed_reference(far)
+    delayed = delayed_reference(far)  # as the canceller hands it on
     outputs, margins = [], []
     for i in range(start, (len(near) if end is None else end) - FRAME + 1, FRAME):
         outputs.append(excess.process(near[i:i + FRAME], delayed[i:i + FRAME]))
