@@ -287,6 +287,9 @@ class UtteranceTranscriber:
     TAIL_MARGIN_S = 0.1
     # Extent threshold: Silero's hysteresis low mark, so fading word endings stay in.
     EXTENT_THRESHOLD = SPEECH_THRESHOLD - 0.15
+    # No partial pass over less speech than this: on a fragment Whisper guesses a word ("Re-" came out
+    # as "Right" in a CI run) that the live transcript would show and then take back.
+    MIN_PARTIAL_SPAN_S = 0.8
 
     def __init__(self, asr: WhisperAsr, *, vad: SileroVadModel | None = None,
                  on_partial: Callable[[str], None] | None = None,
@@ -454,7 +457,10 @@ class UtteranceTranscriber:
             return True  # likely the final transcript: do it now
         # Partial passes only while the speaker is audibly talking: one started as the speech fades
         # would still hold the model when the pass that matters, at the pause, wants it.
-        return self._talking and time.monotonic() >= self._partial_due_at()
+        return self._partial_possible(span) and time.monotonic() >= self._partial_due_at()
+
+    def _partial_possible(self, span: tuple[int, int]) -> bool:
+        return self._talking and span[1] - span[0] >= self.MIN_PARTIAL_SPAN_S * self._rate
 
     def _partial_due_at(self) -> float:
         """Every `partial_interval_s` at most, and idle at least as long as the last pass took."""
@@ -468,7 +474,8 @@ class UtteranceTranscriber:
 
     def _wait_time(self) -> float | None:
         span = self._span_now
-        if span is None or (self._result is not None and self._result[0] == span) or not self._talking:
+        if span is None or (self._result is not None and self._result[0] == span) \
+                or not self._partial_possible(span):
             return None  # nothing to do until audio or a request comes
         return max(0.0, self._partial_due_at() - time.monotonic())
 

@@ -275,6 +275,22 @@ def test_partials_arrive_while_speaking(asr, voice):
         assert recall(text, final) >= 0.6, (text, final)
 
 
+def test_no_partial_of_a_fragment(asr):
+    """Under MIN_PARTIAL_SPAN_S of speech no partial is guessed at while the person goes on talking;
+    the transcript, once asked for, still covers it."""
+    partials = []
+    transcriber = UtteranceTranscriber(asr, partial_interval_s=0.0, on_partial=partials.append)
+    audio = at_protocol_rate(LONG_SENTENCE, "piper:joe")
+    try:
+        feed(transcriber, audio[: int(0.8 * PROTOCOL_RATE)])  # 0.3 s of silence, then half a second of words
+        time.sleep(1.0)
+        assert partials == []
+        feed(transcriber, audio[int(0.8 * PROTOCOL_RATE): int(2.0 * PROTOCOL_RATE)])
+        assert recall("Remind me", transcriber.transcript()) == 1.0
+    finally:
+        transcriber.close()
+
+
 @pytest.mark.parametrize("voice", ["espeak:en-us", "flite:awb", "piper:joe"])
 def test_transcript_is_ready_when_the_turn_ends(asr, vad, voice):
     """Real-time feeding through the turn detector, as the engine does: the ASR tail after SpeechStopped."""
