@@ -386,7 +386,8 @@ def _figures(soak: _Soak, turns: list[SoakTurn], minutes: float) -> dict:
                      for name, window in windows.items()}
     errors = [e for e in soak.engine_errors if e.get("code") != "response_cancel_not_active"]
     figures = {
-        "simulated_minutes": round(end / 60, 1),
+        "simulated_minutes": round(final["sim_s"] / 60, 1),  # the clock when the last reply was heard
+        "last_turn_at_simulated_min": round(end / 60, 1),
         "turns": len(timed),
         "questions": sum(t.kind == "question" for t in timed),
         "screen_questions": sum(t.kind == "screen" for t in timed),

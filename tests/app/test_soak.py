@@ -43,7 +43,10 @@ def test_an_hour_of_conversation_leaks_no_memory_and_does_not_slow_down(tmp_path
     summary = {key: value for key, value in figures.items() if key not in ("rss_samples", "turn_log")}
     print(json.dumps(summary, indent=1))
 
-    assert figures["simulated_minutes"] >= SIMULATED_MINUTES - 2  # the last turn starts within the hour
+    assert figures["simulated_minutes"] >= SIMULATED_MINUTES
+    # Before the last turn at most an idle stretch (<= 4 min), a pause and a reply: one CI run's last turn
+    # started at 57.8 min and its idle stretch after the reply ran past the hour.
+    assert figures["last_turn_at_simulated_min"] >= SIMULATED_MINUTES - 5
     assert figures["errors"] == 0, (figures["engine_errors"], figures["app_error_messages"])
     assert figures["unanswered"] == 0
     assert figures["state_at_end"] == "listening"
