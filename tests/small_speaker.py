@@ -36,16 +36,18 @@ def delayed_reference(far: np.ndarray) -> np.ndarray:
 
 
 def feed_canceller(canceller: EchoCanceller, played: PlayedAudio, reply: np.ndarray, echo: np.ndarray,
-                   ran_dry_at_s: float | None = None) -> None:
+                   ran_dry_at_s: float | None = None, placement_error_s: float = 0.0) -> None:
     """`reply` played and `echo` heard, frame by frame. The speaker's blocks are reported as they leave the
-    device, just ahead of the microphone."""
+    device, just ahead of the microphone; the one after it ran dry is reported `placement_error_s` late."""
     audio_48k = soxr.resample(reply, RATE, 48_000).astype(np.float32)
     blocks = range(0, len(audio_48k) - 240 + 1, 240)
     dry_block = None if ran_dry_at_s is None else round(ran_dry_at_s * 48_000 / 240) * 240
     reported = iter(blocks)
     for position in range(0, len(echo) - FRAME + 1, FRAME):
         for i in reported:
-            played.played(audio_48k[i:i + 240].copy(), 100.0 + i / 48_000, 48_000, 960 + i, i == dry_block)
+            dry = i == dry_block
+            played.played(audio_48k[i:i + 240].copy(), 100.0 + i / 48_000 + dry * placement_error_s, 48_000,
+                          960 + i, dry)
             if i / 48_000 > position / RATE + 0.02:
                 break
         canceller.process(echo[position:position + FRAME], 100.0 + position / RATE)

@@ -21,7 +21,7 @@ from pywebrtc_audio import AudioProcessor
 
 from app.audio.capture import PROTOCOL_RATE
 from app.audio.echo_delay import EchoDelay
-from app.audio.echo_excess import LEAD, EchoExcess
+from app.audio.echo_excess import LEAD, TAPS, EchoExcess
 from app.audio.echo_reference import PlayedAudio
 
 FRAME = PROTOCOL_RATE // 100  # AEC3 works in 10 ms frames
@@ -51,6 +51,9 @@ ECHO_PRESENT = 0.5
 ECHO_ABSENT = 0.3
 ABSENT_CHECKS = 3
 LAG_AGREES_S = 0.005
+# A check that found the delay jumped with no placement to explain it is confirmed this much playback
+# later (frames), not at the next regular check: until then the excess is not listened to.
+CONFIRM_AFTER = 50
 
 
 class EchoMonitor:
@@ -162,9 +165,13 @@ class EchoCanceller:
         self._echo_lag: int | None = None  # samples from the reference to its echo, once a check found it
         self._delay = EchoDelay(LAG_AGREES_S * PROTOCOL_RATE)  # holds that delay still (echo_delay.py)
         # Whether the delay still holds: not after the reference was placed afresh (the new placement is
-        # off by the device's reported-time error, 7-20 ms on a loaded machine) or jumped by more than
-        # LAG_AGREES_S, until a check measures it again (and, after a jump, agrees with it).
+        # off by the device's reported-time error, 7-20 ms on a loaded machine) until a check measures it
+        # on audio placed afresh alone, nor after a jump of more than LAG_AGREES_S with no placement to
+        # explain it until a second check agrees.
         self._lag_trusted = False
+        # The frame count from which the excess's reference lines up with the echo again once the delay
+        # is trusted afresh: what it holds of the reference read at the old delay has passed through.
+        self._aligned_from = 0
         self._placements = self._checked_placements = 0  # the reference's placements seen, and at the last check
         self._excess: EchoExcess | None = None
         # The part of the frame just handed on that the echo cannot explain (EchoExcess; None where not
@@ -173,7 +180,7 @@ class EchoCanceller:
         self.cpu_s = 0.0  # spent inside AEC3
         self.frames_cancelled = 0
         # Called on the capture worker with each frame cancelled, the reference frame handed to the excess
-        # with it (None while there is no excess) and whether the excess's output is listened to: what
+        # with it (None while there is no excess) and whether that reference lines up with the echo: what
         # `confide bench --aec-record` keeps for replaying the excess offline (app/bench/echo_recording.py).
         self.frame_tap: Callable[[np.ndarray, np.ndarray | None, bool], None] | None = None
 
@@ -305,8 +312,18 @@ class EchoCanceller:
             # The reference slides to hold the delay at the first one measured; a jump is taken back too,
             # and keeps the learnt path (its gains per frequency do not depend on when the echo arrives).
             placed_afresh = self._played.placements != self._checked_placements
-            self._lag_trusted = self._delay.measured(lag, moment - PRESENCE_SPAN_S / 2, placed_afresh)
+            held = self._delay.measured(lag, moment - PRESENCE_SPAN_S / 2, placed_afresh)
             self._echo_lag, self._placements = round(self._delay.target), self._played.placements
+            # After a placement, a jump is the placement's error, measured on audio it placed alone: taken
+            # back and believed at once (waiting for a second check withheld the excess for 1.5 s after each
+            # underrun, and most of the interruptions heard late on a loaded machine fell in those stretches).
+            trusted = held or placed_afresh
+            if trusted and not self._lag_trusted and self._excess is not None:
+                stale = -(-max(self._echo_lag - LEAD, 0) // FRAME)  # frames of reference read at the old delay
+                self._aligned_from = self.frames_cancelled + stale + TAPS + 1
+            elif not trusted:
+                self._next_check = self._playing_frames + CONFIRM_AFTER
+            self._lag_trusted = trusted
             self._checked_placements = self._played.placements
             if self._excess is None:
                 self._excess = EchoExcess()
@@ -330,17 +347,21 @@ class EchoCanceller:
         self.frames_cancelled += 1
         self._recent_near.add(frame)
         self._recent_far.add(far)
-        delayed_far = None
+        delayed_far, aligned = None, False
         if self._excess is not None and self.echo_heard():  # with headphones on nobody reads it
             if self._played.placements != self._placements:
                 self._placements, self._lag_trusted = self._played.placements, False
                 # Measure the new placement's delay as soon as the check's span holds only audio placed by it.
                 self._next_check = self._playing_frames + round(PRESENCE_SPAN_S * PROTOCOL_RATE / FRAME)
             delayed_far = self._recent_far.last(max(self._echo_lag - LEAD, 0) + FRAME)[:FRAME]
-            excess = self._excess.process(frame, delayed_far)
-            self.last_excess = excess if self._excess.ready and self._lag_trusted else None
+            # Not learnt from a reference off the echo: its weights would spread over the wrong taps (the
+            # likely reason believing the check at once, while it went on learning, let the echo through
+            # in 15 of 200 replies; README, run 14).
+            aligned = self._lag_trusted and self.frames_cancelled > self._aligned_from
+            excess = self._excess.process(frame, delayed_far, learn=aligned)
+            self.last_excess = excess if self._excess.ready and aligned else None
         if self.frame_tap is not None:
-            self.frame_tap(frame, delayed_far, self.last_excess is not None)
+            self.frame_tap(frame, delayed_far, aligned)
         if far.any():
             self._playing_frames += 1
             if self._playing_frames >= self._next_check:

@@ -94,8 +94,10 @@ class EchoExcess:
         """Whether the echo path is learnt: before that, the echo itself would pass for the person."""
         return self.learnt_frames >= WARM_UP_FRAMES
 
-    def process(self, near: np.ndarray, delayed_far: np.ndarray) -> np.ndarray:
-        """The part of `near` the echo cannot explain, 10 ms late (the overlap-add's price)."""
+    def process(self, near: np.ndarray, delayed_far: np.ndarray, learn: bool = True) -> np.ndarray:
+        """The part of `near` the echo cannot explain, 10 ms late (the overlap-add's price). Not `learn`:
+        the reference is known to sit off the echo (placed afresh, not measured yet), so the path's
+        weights and margin are left as they are."""
         near_block = np.concatenate((self._near_previous, near))
         far_block = np.concatenate((self._far_previous, delayed_far))
         heard = self._near_previous  # the frame the output is of
@@ -109,11 +111,11 @@ class EchoExcess:
         features[:, 1:TAPS] = features[:, :TAPS - 1]
         features[:, 0] = far_power ** _COMPRESSION
         features[:, TAPS] = float(far_power.mean()) ** _COMPRESSION
-        playing = far_power.sum() > ACTIVE_REFERENCE
-        if playing:
+        learning = learn and far_power.sum() > ACTIVE_REFERENCE
+        if learning:
             self._learn(features, near_power ** _COMPRESSION)
         predicted = np.maximum(np.einsum("bf,bf->b", self.weights, features), 0.0) ** (1 / _COMPRESSION)
-        if playing and self.ready:
+        if learning and self.ready:
             self._follow_margin(near_power, predicted)
         left = np.maximum(near_power - self._margin * predicted, 0.0)
         spectrum = near_spectrum * np.sqrt(left / np.maximum(near_power, 1e-20))

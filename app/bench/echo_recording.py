@@ -2,7 +2,8 @@
 
 `confide bench --aec --aec-record DIR` taps each echo path's canceller (EchoCanceller.frame_tap) over its
 echo-only replies and saves DIR/<path>.npz: every frame the canceller cancelled, the reference frame it
-handed the excess with it, whether the excess's output was listened to, the frame spans of the replies and
+handed the excess with it, whether that reference lined up with the echo (the excess learnt from it
+and, once learnt, was listened to), the frame spans of the replies and
 the echo's level at the microphone. `confide bench --aec-replay DIR` (echo_replay.py) then judges a change
 to the excess on these in minutes, without audio devices.
 """
@@ -20,7 +21,7 @@ import numpy as np
 
 from app.audio.echo_canceller import FRAME, EchoCanceller
 
-_FIELDS = ("near", "far", "has_far", "used", "replies", "echo_rms")
+_FIELDS = ("near", "far", "has_far", "aligned", "replies", "echo_rms")
 
 
 @dataclass
@@ -28,12 +29,14 @@ class EchoRecording:
     near: np.ndarray  # float32 [N, FRAME]: the microphone, each frame the canceller cancelled
     far: np.ndarray  # float32 [N, FRAME]: the reference handed to the excess with it (zeros where none)
     has_far: np.ndarray  # bool [N]: whether the excess was fed that frame
-    used: np.ndarray  # bool [N]: whether its output was listened to (path learnt, echo delay trusted)
+    # bool [N]: whether the reference lined up with the echo (the delay trusted): the excess learnt from the
+    # frame, and its output was listened to once the path was learnt
+    aligned: np.ndarray
     replies: np.ndarray  # int [R, 2]: each echo-only reply's frames, [start, end)
     echo_rms: float  # the echo's level at the microphone (echo_trials._rms, the replies' median)
 
     def save(self, path: Path) -> None:
-        np.savez_compressed(path, near=self.near, far=self.far, has_far=self.has_far, used=self.used,
+        np.savez_compressed(path, near=self.near, far=self.far, has_far=self.has_far, aligned=self.aligned,
                             replies=self.replies, echo_rms=np.float64(self.echo_rms))
 
     @classmethod
@@ -47,7 +50,7 @@ class EchoRecording:
                 missing = [name for name in _FIELDS if name not in stored.files]
                 if missing:
                     raise ValueError(f"no {', '.join(missing)} in it")
-                recording = cls(stored["near"], stored["far"], stored["has_far"], stored["used"],
+                recording = cls(stored["near"], stored["far"], stored["has_far"], stored["aligned"],
                                 stored["replies"], float(stored["echo_rms"]))
         except FileNotFoundError:
             raise ValueError(f"{path}: no such echo recording") from None
@@ -62,8 +65,8 @@ class EchoRecording:
         frames = len(self.near)
         if self.near.shape != (frames, FRAME) or self.far.shape != (frames, FRAME):
             return f"near and far must both be [frames, {FRAME}], got {self.near.shape} and {self.far.shape}"
-        if self.has_far.shape != (frames,) or self.used.shape != (frames,):
-            return f"has_far and used must be [{frames}], got {self.has_far.shape} and {self.used.shape}"
+        if self.has_far.shape != (frames,) or self.aligned.shape != (frames,):
+            return f"has_far and aligned must be [{frames}], got {self.has_far.shape} and {self.aligned.shape}"
         if self.replies.ndim != 2 or self.replies.shape[1] != 2:
             return f"replies must be [replies, 2], got {self.replies.shape}"
         if len(self.replies) and not (0 <= self.replies.min() and self.replies.max() <= frames
@@ -90,9 +93,9 @@ class EchoRecorder:
     def stop(self) -> None:
         self._canceller.frame_tap = None
 
-    def _tap(self, near: np.ndarray, delayed_far: np.ndarray | None, used: bool) -> None:
+    def _tap(self, near: np.ndarray, delayed_far: np.ndarray | None, aligned: bool) -> None:
         # Copies: `near` is a view into the canceller's pending audio, the reference one into a longer read.
-        self._frames.append((near.copy(), None if delayed_far is None else delayed_far.copy(), used))
+        self._frames.append((near.copy(), None if delayed_far is None else delayed_far.copy(), aligned))
 
     @contextlib.contextmanager
     def reply(self) -> Iterator[None]:
@@ -106,10 +109,10 @@ class EchoRecorder:
         near = np.zeros((len(frames), FRAME), np.float32)
         far = np.zeros((len(frames), FRAME), np.float32)
         has_far = np.zeros(len(frames), bool)
-        for i, (near_frame, far_frame, _used) in enumerate(frames):
+        for i, (near_frame, far_frame, _aligned) in enumerate(frames):
             near[i] = near_frame
             if far_frame is not None:
                 far[i], has_far[i] = far_frame, True
-        used = np.array([frame[2] for frame in frames], bool)
+        aligned = np.array([frame[2] for frame in frames], bool)
         replies = np.array(self._replies, np.int64).reshape(-1, 2)
-        return EchoRecording(near, far, has_far, used, replies, float(echo_rms))
+        return EchoRecording(near, far, has_far, aligned, replies, float(echo_rms))

@@ -122,14 +122,14 @@ def excess_heard(recording: EchoRecording, near: np.ndarray, excess: echo_excess
     (the frames from `first`) fed as the canceller fed the recorded microphone; a fresh excess by default."""
     excess = excess or echo_excess.EchoExcess()
     heard: list[np.ndarray | None] = []
-    for frame, far, fed, used in zip(near, recording.far[first:], recording.has_far[first:],
-                                     recording.used[first:]):
+    for frame, far, fed, aligned in zip(near, recording.far[first:], recording.has_far[first:],
+                                        recording.aligned[first:]):
         if not fed:
             heard.append(None)
             continue
-        output = excess.process(frame, far)
+        output = excess.process(frame, far, learn=aligned)
         # Ready too: a WARM_UP_FRAMES set longer than the recording's holds the excess back longer.
-        heard.append(output if used and excess.ready else None)
+        heard.append(output if aligned and excess.ready else None)
     return heard
 
 

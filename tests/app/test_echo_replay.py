@@ -61,18 +61,19 @@ def users() -> list[np.ndarray]:
 def test_the_tap_holds_what_the_excess_was_fed_and_a_replay_gives_what_the_detector_read(small_speaker_run):
     recording, live = small_speaker_run
     assert len(recording.near) == len(live) > 0  # every frame cancelled, nothing else
-    assert np.array_equal(recording.used, [excess is not None for excess in live])
-    assert recording.used.any() and not recording.used[:100].any()  # the path is learnt first
-    assert recording.has_far[recording.used].all()
+    assert recording.aligned.any() and not recording.aligned[:100].any()  # the delay is measured first
+    assert recording.has_far[recording.aligned].all()
     replayed = echo_replay.excess_heard(recording, recording.near)
-    assert all(np.array_equal(replayed[i], live[i]) for i in np.flatnonzero(recording.used))
+    assert [excess is not None for excess in replayed] == [excess is not None for excess in live]
+    assert not any(excess is not None for excess in live[:200])  # and the path learnt
+    assert all(np.array_equal(replayed[i], live[i]) for i, excess in enumerate(live) if excess is not None)
 
 
 def test_a_recording_is_saved_and_loaded_unchanged(small_speaker_run, tmp_path):
     recording, _live = small_speaker_run
     recording.save(tmp_path / "small.npz")
     loaded = EchoRecording.load(tmp_path / "small.npz")
-    for name in ("near", "far", "has_far", "used", "replies"):
+    for name in ("near", "far", "has_far", "aligned", "replies"):
         assert np.array_equal(getattr(loaded, name), getattr(recording, name)), name
     assert loaded.near.dtype == np.float32 and loaded.echo_rms == recording.echo_rms
 
@@ -114,7 +115,7 @@ def test_a_missing_or_broken_recording_is_named_in_one_line(small_speaker_run, t
     (tmp_path / "cut.npz").write_bytes(data[:len(data) // 2])
     np.savez(tmp_path / "partial.npz", near=recording.near)
     np.savez(tmp_path / "misshapen.npz", near=recording.near[:, :100], far=recording.far, has_far=recording.has_far,
-             used=recording.used, replies=recording.replies, echo_rms=1.0)
+             aligned=recording.aligned, replies=recording.replies, echo_rms=1.0)
     for name in ("garbage.npz", "cut.npz", "partial.npz", "misshapen.npz"):
         with pytest.raises(ValueError, match=f"{name}: not an echo recording"):
             EchoRecording.load(tmp_path / name)
@@ -152,6 +153,6 @@ def test_echo_only_replies_recorded_on_the_loopback_path_replay_without_false_on
     assert len(recording.replies) == REPLIES and np.all(np.diff(recording.replies, axis=1) > 100)
     assert recording.near.shape[1] == FRAME and np.abs(recording.near).max() > 0.01
     # The delay was measured and the path learnt within the first reply: the second ear was listened to.
-    assert recording.has_far.any() and recording.used.sum() > 200, recording.used.sum()
+    assert recording.has_far.any() and recording.aligned.sum() > 300, recording.aligned.sum()
     figures = echo_replay.replay({"loopback": recording}, users, [0.0])
     assert figures["replies"] == REPLIES and figures["false_onsets"] == 0, figures
