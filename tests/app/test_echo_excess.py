@@ -150,6 +150,7 @@ def test_a_person_talking_over_a_clean_path_is_heard_at_its_lower_margin_and_rai
 class _Frames:
     def __init__(self, canceller_box: list):
         self.box, self.excess = canceller_box, []
+        self.learnt: list[int | None] = []  # the excess's learnt frames after each frame (frame_tap)
 
     def __call__(self, _chunk: np.ndarray, _time: float) -> None:
         self.excess.append(self.box[0].last_excess)  # read during on_audio, as the barge-in detector does
@@ -170,7 +171,6 @@ def _run_canceller(ran_dry_at_s: float | None = None, delay_moves_at_s: float | 
     frames = _Frames(box)
     canceller = EchoCanceller(played, frames)
     box.append(canceller)
-    frames.learnt = []
     canceller.frame_tap = lambda *_: frames.learnt.append(canceller._excess and canceller._excess.learnt_frames)
     feed_canceller(canceller, played, reply, echo, ran_dry_at_s, placement_error_s)
     return canceller, frames, echo
@@ -188,9 +188,9 @@ def test_the_canceller_finds_the_echo_delay_and_hands_on_the_excess_once_learnt(
 def test_a_misplaced_reference_is_put_right_at_the_next_check_and_meanwhile_nothing_is_learnt_from_it():
     """A speaker that ran dry is placed again by its reported time, which a loaded machine gets wrong by
     7-20 ms (here 12): the echo would pass for the person until a check measures the delay, half a second
-    later (its span then holds only audio placed afresh), and that check's jump is believed at once. Until the reference lines up again the path is not learnt
-    (learnt off the echo, the weights smeared and the echo leaked for seconds), and after it the echo
-    alone leaves nothing that passes for speech."""
+    later (its span then holds only audio placed afresh), and that check's jump is believed at once.
+    Until the reference lines up again the path is not learnt from it, and after that the echo alone
+    leaves nothing that passes for speech."""
     canceller, frames, _echo = _run_canceller(ran_dry_at_s=4.3, placement_error_s=0.012)
     known = [excess is not None for excess in frames.excess]
     # Checks fall every second of playback (frames 400, 500, ...), and 50 frames after the placement.
