@@ -54,6 +54,7 @@ LAG_AGREES_S = 0.005
 # A check that found the delay jumped with no placement to explain it is confirmed this much playback
 # later (frames), not at the next regular check: until then the excess is not listened to.
 CONFIRM_AFTER = 50
+_NEVER = 1 << 62  # a frame count never reached
 
 
 class EchoMonitor:
@@ -126,9 +127,12 @@ class _Recent:
         self.filled = self._end >= size
 
     def last(self, count: int) -> np.ndarray:
+        """A copy of the newest `count` samples (fewer while fewer were written), oldest first."""
         count = min(count, len(self._ring), self._end)
-        at = self._end % len(self._ring)  # the oldest sample, once the ring is full
-        return np.concatenate((self._ring[at:], self._ring[:at]))[len(self._ring) - count:]
+        at = self._end % len(self._ring)  # one past the newest sample
+        if count <= at:
+            return self._ring[at - count:at].copy()
+        return np.concatenate((self._ring[len(self._ring) - (count - at):], self._ring[:at]))
 
     def clear(self) -> None:
         self._end, self.filled = 0, False
@@ -164,14 +168,13 @@ class EchoCanceller:
         self._recent_far = _Recent(round(RECENT_S * PROTOCOL_RATE))
         self._echo_lag: int | None = None  # samples from the reference to its echo, once a check found it
         self._delay = EchoDelay(LAG_AGREES_S * PROTOCOL_RATE)  # holds that delay still (echo_delay.py)
-        # Whether the delay still holds: not after the reference was placed afresh (the new placement is
-        # off by the device's reported-time error, 7-20 ms on a loaded machine) until a check measures it
-        # on audio placed afresh alone, nor after a jump of more than LAG_AGREES_S with no placement to
-        # explain it until a second check agrees.
-        self._lag_trusted = False
-        # The frame count from which the excess's reference lines up with the echo again once the delay
-        # is trusted afresh: what it holds of the reference read at the old delay has passed through.
-        self._aligned_from = 0
+        # The frame count after which the excess's reference lines up with the echo: never while the delay
+        # is not trusted (after the reference was placed afresh, the new placement is off by the device's
+        # reported-time error, 7-20 ms on a loaded machine, until a check measures it on audio placed afresh
+        # alone; after a jump of more than LAG_AGREES_S with no placement to explain it, until a second
+        # check agrees), and once it is again, when what the excess holds of the reference read at the old
+        # delay has passed through.
+        self._aligned_after = _NEVER
         self._placements = self._checked_placements = 0  # the reference's placements seen, and at the last check
         self._excess: EchoExcess | None = None
         # The part of the frame just handed on that the echo cannot explain (EchoExcess; None where not
@@ -247,7 +250,7 @@ class EchoCanceller:
         self._absent_checks = 0
         self._echo_lag = self._excess = None
         self._delay.reset()
-        self._lag_trusted = False
+        self._aligned_after = _NEVER
 
     @property
     def delay_drift_ppm(self) -> float:
@@ -270,15 +273,14 @@ class EchoCanceller:
         second of playback has shown it, yes: the safe guess."""
         return self.enabled and self._echo_present is not False
 
-    def _likeness(self, recent: _Recent, span_s: float) -> tuple[float, float]:
-        """How much the last `span_s` of `recent` looks like an echo of what was played: the highest
-        normalised correlation with the played audio at any lag up to MAX_ECHO_LAG_S (0..1), and that
-        lag in samples (to a fraction of one: the peak's parabola)."""
+    def _likeness(self, heard: np.ndarray) -> tuple[float, float]:
+        """How much `heard` (the microphone's latest samples) looks like an echo of what was played: the
+        highest normalised correlation with the played audio at any lag up to MAX_ECHO_LAG_S (0..1), and
+        that lag in samples (to a fraction of one: the peak's parabola)."""
         if not self._recent_far.filled:
             return 0.0, 0
-        length = round(span_s * PROTOCOL_RATE)
-        heard = recent.last(length).astype(np.float64)
-        far = self._recent_far.last(length + round(MAX_ECHO_LAG_S * PROTOCOL_RATE)).astype(np.float64)
+        heard = heard.astype(np.float64)
+        far = self._recent_far.last(len(heard) + round(MAX_ECHO_LAG_S * PROTOCOL_RATE)).astype(np.float64)
         if len(heard) < 2 or len(far) < len(heard):
             return 0.0, 0
         heard -= heard.mean()
@@ -306,7 +308,7 @@ class EchoCanceller:
         if float(np.dot(heard, heard)) / max(1, len(heard)) < AUDIBLE_ECHO:
             self._echo_present, self._absent_checks = False, ABSENT_CHECKS  # the microphone heard nothing
             return
-        likeness, lag = self._likeness(self._recent_near, PRESENCE_SPAN_S)
+        likeness, lag = self._likeness(heard)
         if likeness >= ECHO_PRESENT:
             self._echo_present, self._absent_checks = True, 0
             # The reference slides to hold the delay at the first one measured; a jump is taken back too,
@@ -317,13 +319,14 @@ class EchoCanceller:
             # After a placement, a jump is the placement's error, measured on audio it placed alone: taken
             # back and believed at once (waiting for a second check withheld the excess for 1.5 s after each
             # underrun, and most of the interruptions heard late on a loaded machine fell in those stretches).
-            trusted = held or placed_afresh
-            if trusted and not self._lag_trusted and self._excess is not None:
-                stale = -(-max(self._echo_lag - LEAD, 0) // FRAME)  # frames of reference read at the old delay
-                self._aligned_from = self.frames_cancelled + stale + TAPS + 1
-            elif not trusted:
+            if not (held or placed_afresh):
+                self._aligned_after = _NEVER
                 self._next_check = self._playing_frames + CONFIRM_AFTER
-            self._lag_trusted = trusted
+            elif self._excess is None:
+                self._aligned_after = self.frames_cancelled  # nothing read at another delay yet
+            elif self._aligned_after == _NEVER:
+                stale = -(-self._excess_reference_lag // FRAME)  # frames of reference read at the old delay
+                self._aligned_after = self.frames_cancelled + stale + TAPS + 1
             self._checked_placements = self._played.placements
             if self._excess is None:
                 self._excess = EchoExcess()
@@ -331,6 +334,11 @@ class EchoCanceller:
             self._absent_checks += 1
             if self._absent_checks >= ABSENT_CHECKS:
                 self._echo_present = False
+
+    @property
+    def _excess_reference_lag(self) -> int:
+        """How far back the excess's reference is read: LEAD short of the echo's delay."""
+        return max(self._echo_lag - LEAD, 0)
 
     def _echo_possible(self, start: float, length: int) -> bool:
         if self._played.playing_at(start + length / PROTOCOL_RATE - self._delay.shift_at(start) / PROTOCOL_RATE):
@@ -350,14 +358,14 @@ class EchoCanceller:
         delayed_far, aligned = None, False
         if self._excess is not None and self.echo_heard():  # with headphones on nobody reads it
             if self._played.placements != self._placements:
-                self._placements, self._lag_trusted = self._played.placements, False
+                self._placements, self._aligned_after = self._played.placements, _NEVER
                 # Measure the new placement's delay as soon as the check's span holds only audio placed by it.
                 self._next_check = self._playing_frames + round(PRESENCE_SPAN_S * PROTOCOL_RATE / FRAME)
-            delayed_far = self._recent_far.last(max(self._echo_lag - LEAD, 0) + FRAME)[:FRAME]
+            delayed_far = self._recent_far.last(self._excess_reference_lag + FRAME)[:FRAME]
             # Not learnt from a reference off the echo: its weights would spread over the wrong taps (the
             # likely reason believing the check at once, while it went on learning, let the echo through
             # in 15 of 200 replies; README, run 14).
-            aligned = self._lag_trusted and self.frames_cancelled > self._aligned_from
+            aligned = self.frames_cancelled > self._aligned_after
             excess = self._excess.process(frame, delayed_far, learn=aligned)
             self.last_excess = excess if self._excess.ready and aligned else None
         if self.frame_tap is not None:

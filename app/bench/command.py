@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--aec-replay-db", type=float, nargs="+", action="extend", metavar="DB",
                         help="with --aec-replay: the person's level against the echo's, in dB (default 0)")
     parser.add_argument("--aec-replay-set", action="append", metavar="NAME=VALUE",
-                        help="with --aec-replay: override a constant of app/audio/echo_excess.py, e.g. "
-                             "OVERESTIMATE=4 (repeatable)")
+                        help="with --aec-replay: override a constant of app/audio/echo_excess.py or "
+                             "linear_echo.py, e.g. OVERESTIMATE=4 (repeatable)")
     parser.add_argument("--soak", action="store_true",
                         help="an hour of conversation at accelerated time instead: memory growth and latency "
                              "drift, first ten minutes against the last (see app/bench/soak.py)")

@@ -15,8 +15,8 @@ For each recording (one echo path):
   the reply stops at the barge-in and the next reply is learnt from echo alone (one pass carrying each
   interruption into the next, as until 2026-12, heard one fewer of 96 on a pair of recordings).
 
-`--aec-replay-set NAME=VALUE` overrides one of echo_excess's constants for the replay (OVERESTIMATE=4 to
-try a smaller margin), so a setting can be swept without editing the code.
+`--aec-replay-set NAME=VALUE` overrides one of echo_excess's or linear_echo's constants for the replay
+(OVERESTIMATE=4 to try a smaller margin), so a setting can be swept without editing the code.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.audio import echo_excess
+from app.audio import echo_excess, linear_echo
 from app.audio.barge_in_detector import sure_threshold
 from app.audio.capture import PROTOCOL_RATE
 from app.audio.echo_canceller import FRAME
@@ -50,6 +50,7 @@ TALK_STEP_FRAMES = 20
 TALK_AT_LEAST_FRAMES = 80
 # Fixed by the recording: the canceller already took the reference this much ahead of the echo's delay.
 RECORDED_CONSTANTS = ("FRAME", "LEAD")
+TUNABLE_MODULES = (echo_excess, linear_echo)  # their constants' names are distinct
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,8 @@ def load_recordings(folder: Path) -> dict[str, EchoRecording]:
 
 
 def tunable_constants() -> dict[str, int | float]:
-    """echo_excess's numeric module constants that a replay can change."""
-    return {name: value for name, value in vars(echo_excess).items()
+    """The numeric module constants of TUNABLE_MODULES that a replay can change."""
+    return {name: value for module in TUNABLE_MODULES for name, value in vars(module).items()
             if name.lstrip("_").isupper() and isinstance(value, (int, float)) and not isinstance(value, bool)
             and name not in RECORDED_CONSTANTS}
 
@@ -92,7 +93,7 @@ def parse_overrides(settings: list[str]) -> dict[str, int | float]:
         if not equals:
             raise ValueError(f"--aec-replay-set {setting!r}: expected NAME=VALUE")
         if name not in tunable:
-            raise ValueError(f"--aec-replay-set {name}: not one of echo_excess's constants a replay can change "
+            raise ValueError(f"--aec-replay-set {name}: not one of the excess's constants a replay can change "
                              f"({', '.join(sorted(tunable))})")
         kind = type(tunable[name])
         try:
@@ -105,15 +106,16 @@ def parse_overrides(settings: list[str]) -> dict[str, int | float]:
 
 @contextlib.contextmanager
 def overridden(overrides: dict[str, int | float]) -> Iterator[None]:
-    """echo_excess's constants set for the block (EchoExcess reads them as it runs), then put back."""
-    before = {name: getattr(echo_excess, name) for name in overrides}
+    """The constants set for the block (EchoExcess and LinearEcho read them as they run), then put back."""
+    homes = {name: module for module in TUNABLE_MODULES for name in vars(module) if name in overrides}
+    before = {name: getattr(homes[name], name) for name in overrides}
     try:
         for name, value in overrides.items():
-            setattr(echo_excess, name, value)
+            setattr(homes[name], name, value)
         yield
     finally:
         for name, value in before.items():
-            setattr(echo_excess, name, value)
+            setattr(homes[name], name, value)
 
 
 def excess_heard(recording: EchoRecording, near: np.ndarray, excess: echo_excess.EchoExcess | None = None,

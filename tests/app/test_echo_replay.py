@@ -91,14 +91,14 @@ def test_replay_hears_no_echo_alone_and_hears_a_person_talking_over_the_echo(sma
 
 
 def test_constants_are_overridden_for_the_replay_only():
-    overrides = echo_replay.parse_overrides(["OVERESTIMATE=4", "WARM_UP_FRAMES = 200"])
-    assert overrides == {"OVERESTIMATE": 4.0, "WARM_UP_FRAMES": 200}
-    from app.audio import echo_excess
+    overrides = echo_replay.parse_overrides(["OVERESTIMATE=4", "WARM_UP_FRAMES = 200", "STEP=0.2"])
+    assert overrides == {"OVERESTIMATE": 4.0, "WARM_UP_FRAMES": 200, "STEP": 0.2}
+    from app.audio import echo_excess, linear_echo
 
-    before = echo_excess.OVERESTIMATE
+    before = echo_excess.OVERESTIMATE, linear_echo.STEP
     with echo_replay.overridden(overrides):
-        assert echo_excess.OVERESTIMATE == 4.0 and echo_excess.WARM_UP_FRAMES == 200
-    assert echo_excess.OVERESTIMATE == before
+        assert echo_excess.OVERESTIMATE == 4.0 and echo_excess.WARM_UP_FRAMES == 200 and linear_echo.STEP == 0.2
+    assert (echo_excess.OVERESTIMATE, linear_echo.STEP) == before
     for wrong, says in (("OVERESTIMATE", "NAME=VALUE"), ("LEAD=10", "LEAD"), ("WARM_UP_FRAMES=1.5", "integer"),
                         ("NO_SUCH=1", "OVERESTIMATE"), ("GATE_DB=loud", "number")):
         with pytest.raises(ValueError, match=says):
