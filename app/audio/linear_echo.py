@@ -26,6 +26,8 @@ person too and drifts; the excess (echo_excess.py) listens to it only beside the
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 
 FRAME = 240  # 10 ms at the protocol rate: one block
@@ -36,12 +38,18 @@ PARTITIONS = 3  # frames of reference the filter spans (30 ms: the 10 ms lead an
 STEP = 0.3
 POWER_SMOOTHING = 0.9  # per frame: each bin's reference power, the step's normaliser, over ~100 ms
 QUIET_REFERENCE = 1e-9  # summed square of a reference frame under which nothing is played
+# How much of the echo it removes (removed_db): the median, over the last REMOVAL_FRAMES frames it learnt
+# from that the microphone heard, of each frame's energy over the residual's. A median, so that a person
+# talking over a reply (whose voice it leaves, as it should) or a cough moves it little.
+REMOVAL_FRAMES = 500
+REMOVAL_MEASURED_FRAMES = 100  # before this many, nothing is known (0 dB)
 # A residual with DIVERGED times the microphone's energy over the last half second or so, and audible
 # (above -60 dBFS): the filter is lost. (Frame by frame, a half-learnt filter's error at the quiet end of a
 # word crossed it.)
 DIVERGED = 4.0
 DIVERGENCE_MEMORY = 0.98  # per frame
-AUDIBLE = FRAME * 1e-6 / (1 - DIVERGENCE_MEMORY)
+AUDIBLE_FRAME = FRAME * 1e-6
+AUDIBLE = AUDIBLE_FRAME / (1 - DIVERGENCE_MEMORY)
 
 
 class LinearEcho:
@@ -53,6 +61,7 @@ class LinearEcho:
         self._previous = np.zeros(FRAME)
         self._power = np.full(FRAME + 1, 1e-6)
         self._energies = np.zeros(2)  # the microphone's and the residual's, decaying by DIVERGENCE_MEMORY
+        self._removals: collections.deque[float] = collections.deque(maxlen=REMOVAL_FRAMES)  # dB, per frame
         self.restarts = 0  # times it diverged and started again
 
     def process(self, near: np.ndarray, reference: np.ndarray, learn: bool = True) -> np.ndarray:
@@ -68,11 +77,20 @@ class LinearEcho:
         if self._energies[1] > DIVERGED * self._energies[0] + AUDIBLE:
             self._weights[:] = 0.0
             self._energies[:] = 0.0
+            self._removals.clear()
             self.restarts += 1
             return near
         if learn and float(np.dot(reference, reference)) > QUIET_REFERENCE:
             self._learn(residual)
+            heard = float(np.dot(near, near))
+            if heard > AUDIBLE_FRAME:
+                self._removals.append(10 * np.log10(heard / max(float(np.dot(residual, residual)), 1e-20)))
         return residual
+
+    @property
+    def removed_db(self) -> float:
+        """How much of the echo it removes (REMOVAL_FRAMES; 0 until measured)."""
+        return float(np.median(self._removals)) if len(self._removals) >= REMOVAL_MEASURED_FRAMES else 0.0
 
     def _learn(self, residual: np.ndarray) -> None:
         spectrum = self._spectra[0]

@@ -10,6 +10,7 @@ import soxr
 
 from app.audio.echo_canceller import FRAME, EchoCanceller
 from app.audio.echo_excess import (
+    LINEAR_TRUSTED_DB,
     MIN_MARGIN_DB,
     OVERESTIMATE,
     RESIDUAL_HELD_FRAMES,
@@ -133,9 +134,9 @@ def test_beside_the_linear_filter_the_person_keeps_more_of_their_voice():
 def test_after_the_reference_was_off_the_echo_the_linear_filter_is_not_listened_to_for_a_while():
     """Its taps are as far off as the reference was put back (a sample or so): until it has learnt the
     path again the excess is the microphone's alone. A person talks then, and again after."""
-    reply = np.tile(say(REPLY, "flite:slt"), 2)
+    reply = np.tile(say(REPLY, "flite:slt"), 3)
     person = say("Wait, stop, that is enough.", "flite:awb")
-    off = range(600, 650)  # frames the reference is off the echo
+    off = range(1100, 1150)  # frames the reference is off the echo (the filter is trusted from ~800 on)
     resumed = off.stop
     during, after = resumed + 20, resumed + RESIDUAL_HELD_FRAMES + 100
     near, _gain = _talk_over(clean_speaker(reply), person, during * FRAME)
@@ -148,6 +149,17 @@ def test_after_the_reference_was_off_the_echo_the_linear_filter_is_not_listened_
         same.append(np.array_equal(excess.process(frame, reference, learn), alone.process(frame, reference, learn)))
     assert all(same[resumed:resumed + RESIDUAL_HELD_FRAMES])
     assert not all(same[after:])  # the linear filter's residual is heard again
+
+
+def test_a_linear_filter_that_removes_little_of_the_echo_is_not_listened_to():
+    """What it leaves of a saturating speaker's echo is mostly the speaker's distortion, which passed for a
+    voice: there the excess is the microphone's alone, a person talking over the reply too."""
+    reply = np.tile(say(REPLY, "flite:slt"), 2)
+    person = say("Wait, stop, that is enough.", "flite:awb")
+    near, _gain = _talk_over(small_speaker(reply), person, 10 * RATE)
+    excess, alone = EchoExcess(), SpectralExcess()
+    assert np.array_equal(_run_excess(near, reply, excess)[0], _run_excess(near, reply, alone)[0])
+    assert 3 < excess._linear.removed_db < LINEAR_TRUSTED_DB
 
 
 def _run_excess(near: np.ndarray, far: np.ndarray, excess: EchoExcess | SpectralExcess, start: int = 0,
