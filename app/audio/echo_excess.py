@@ -25,13 +25,13 @@ at any price:
   0.45 where the person alone scored 0.8-0.99. Elsewhere (echo alone, its leaks) the gain drops at once.
 - Beside it, the same subtraction runs on what a linear adaptive filter leaves of the microphone
   (linear_echo.py): on a linear path it removes 33-35 dB of the echo sample for sample, so the person
-  reaches Silero nearly whole. That path is listened to only in frames where the microphone's excess
-  hears something too, where its output keeps RESIDUAL_GATE_DB of the microphone's level (a saturating
-  speaker leaves what no linear filter follows), and not for RESIDUAL_HELD_FRAMES after the reference
-  was off the echo (the filter's taps are then off too). Replayed on eight live recordings (four runs,
-  both harness paths, 400 echo-only replies): 0 false onsets, and on the quiet runs' loopback path 98%
-  of the interruptions at the echo's level heard within 300 ms (86-88% without it), on the saturating
-  path 88-94% (82-90%).
+  reaches Silero nearly whole. That path is listened to only where the filter removes LINEAR_TRUSTED_DB
+  of the echo (a saturating speaker leaves what no linear filter follows), in frames where the
+  microphone's excess hears something too and its output keeps RESIDUAL_GATE_DB of the microphone's
+  level, and not for RESIDUAL_HELD_FRAMES after the reference was off the echo (the filter's taps are
+  then off too). Replayed on eight live recordings (four runs, both harness paths, 400 echo-only
+  replies): 0 false onsets, and on the quiet runs' loopback path 96-98% of the interruptions at the
+  echo's level heard within 300 ms (82-86% before).
 
 Why this shape: with the echo known exactly, subtracting 6 times it, smeared over the loudest of 6
 frames around the delay (this module's earlier prediction), let only 34 of 74 interruptions mixed into
@@ -87,14 +87,13 @@ _COMPRESSION = 0.25  # the power of the power spectrum that is fitted: 4th root
 # frames, never, and held until the residual's echo was back within 3 dB of its usual level, twice.
 RESIDUAL_HELD_FRAMES = 150
 # What is left of the residual must keep this much of the microphone's level, a stricter gate than GATE_DB:
-# a saturating speaker's echo is what the linear filter cannot follow, and at -16 dB its leftovers passed
-# for the person in 4 of 200 replies (one sentence, three times; replayed, four runs on that path); at
-# -10 dB in none, with 0.88-0.94 of the interruptions still heard within 300 ms (0.82-0.90 without the
-# linear filter).
+# on the saturating path (before LINEAR_TRUSTED_DB kept the filter off it) its leftovers passed for the
+# person at -16 dB in 4 of 200 replayed replies (one sentence, three times), at -10 dB in none.
 RESIDUAL_GATE_DB = -10.0
-# The linear filter's residual is listened to only where the filter removes this much of the echo: on
-# the harness's loopback path 33-35 dB, on the saturating one 7-10 dB, where what it leaves is mostly the
-# speaker's distortion; at -10 dB that passed for the person in 1 of 50 replies live (run 20).
+# The linear filter's residual is listened to only where the filter removes this much of the echo
+# (LinearEcho.removed_db): on the harness's loopback path 24-43 dB, on the saturating one 7-14 dB, where
+# what it leaves is mostly the speaker's distortion, which passed for the person in 1 of 50 replies live
+# even at RESIDUAL_GATE_DB (run 20 in the README).
 LINEAR_TRUSTED_DB = 20.0
 # Replayed on three live recordings (300 replies, runs 16-18 in the README), a person mixed in at the
 # echo's level and 6 dB under: heard within 300 ms 0.78 and 0.567 of the time without the decay, 0.81 and

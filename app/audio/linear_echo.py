@@ -73,7 +73,8 @@ class LinearEcho:
         echo = np.fft.irfft((self._weights * self._spectra).sum(axis=0))[FRAME:]
         near = np.asarray(near, np.float64)
         residual = near - echo
-        self._energies = DIVERGENCE_MEMORY * self._energies + (float(np.dot(near, near)), float(np.dot(residual, residual)))
+        heard, left = float(np.dot(near, near)), float(np.dot(residual, residual))
+        self._energies = DIVERGENCE_MEMORY * self._energies + (heard, left)
         if self._energies[1] > DIVERGED * self._energies[0] + AUDIBLE:
             self._weights[:] = 0.0
             self._energies[:] = 0.0
@@ -82,9 +83,8 @@ class LinearEcho:
             return near
         if learn and float(np.dot(reference, reference)) > QUIET_REFERENCE:
             self._learn(residual)
-            heard = float(np.dot(near, near))
             if heard > AUDIBLE_FRAME:
-                self._removals.append(10 * np.log10(heard / max(float(np.dot(residual, residual)), 1e-20)))
+                self._removals.append(10 * np.log10(heard / max(left, 1e-20)))
         return residual
 
     @property

@@ -265,7 +265,12 @@ def path_figures(results: dict) -> dict:
         figures[f"doubletalk_detect_rate{suffix}"] = round(
             sum(ms <= DETECT_WITHIN_S * 1000 for ms in times) / max(1, len(trials)), 3)
         figures[f"doubletalk_detected_at_all{suffix}"] = f"{len(times)}/{len(trials)}"
-        figures[f"doubletalk_cut_before_speech{suffix}"] = sum(t.detected and t.detect_ms < 0 for t in trials)
+        early = [t for t in trials if t.detected and t.detect_ms < 0]
+        figures[f"doubletalk_cut_before_speech{suffix}"] = len(early)
+        if early:  # how long before the person's first sound, and which signal heard the echo as them
+            figures[f"doubletalk_cut_before_speech_ms{suffix}"] = [t.detect_ms for t in early]
+            figures[f"doubletalk_cut_before_speech_heard_by{suffix}"] = {
+                by: [t.heard_by for t in early].count(by) for by in sorted({t.heard_by for t in early})}
         figures[f"doubletalk_detect_ms_p50{suffix}"] = round(float(np.median(times)), 1) if times else None
         heard_by = [t.heard_by for t in trials if t.detected and t.detect_ms >= 0]
         figures[f"doubletalk_heard_by{suffix}"] = {by: heard_by.count(by) for by in sorted(set(heard_by))}
