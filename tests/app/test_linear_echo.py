@@ -34,14 +34,14 @@ def test_a_linear_path_is_removed_and_what_a_saturating_speaker_adds_is_left():
     assert 3 < removed_saturating < removed_clean - 8, removed_saturating
 
 
-def test_how_much_it_removes_is_measured_and_a_person_just_heard_does_not_count():
+def test_how_much_it_removes_is_measured_and_a_person_talking_over_a_reply_moves_it_little():
     reply = np.tile(say(REPLY, "flite:slt"), 3)
     clean, saturating = LinearEcho(), LinearEcho()
     _residual(clean_speaker(reply), reply, filter_=clean)
     _residual(small_speaker(reply), reply, filter_=saturating)
     assert clean.removed_db > 30 and 3 < saturating.removed_db < 15, (clean.removed_db, saturating.removed_db)
     settled = clean.removed_db
-    person = say("Wait, stop, that is enough.", "flite:awb")[:round(0.4 * RATE)]  # within REMOVAL_LAGS_FRAMES
+    person = say("Wait, stop, that is enough.", "flite:awb")[:round(0.4 * RATE)]  # what a barge-in lets through
     echo = clean_speaker(reply)[:len(person)] + person
     _residual(echo, reply[:len(person)], filter_=clean)
     assert clean.removed_db > settled - 1
@@ -53,7 +53,7 @@ def test_nothing_is_learnt_unless_told():
     np.testing.assert_allclose(_residual(echo, reply, learn=False), echo[:len(echo) // FRAME * FRAME], atol=1e-6)
 
 
-def test_a_person_talking_over_the_echo_is_left_whole():
+def test_a_person_talking_over_the_echo_is_most_of_what_is_left():
     """Over the first 300 ms of their talking, while the filter adapts on them too (it cannot tell them
     from a change in the path), what it leaves is mostly the person: measured, 12 dB above the rest
     (the echo it has not learnt yet, and what it unlearnt)."""
