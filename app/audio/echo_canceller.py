@@ -134,6 +134,17 @@ class _Recent:
             return self._ring[at - count:at].copy()
         return np.concatenate((self._ring[len(self._ring) - (count - at):], self._ring[:at]))
 
+    def before_last(self, back: int, count: int) -> np.ndarray:
+        """last(back + count)[:count], without copying the `back` newest samples (the capture worker reads
+        one frame of reference up to 0.4 s back every 10 ms)."""
+        size = len(self._ring)
+        if back + count > min(self._end, size):
+            return self.last(back + count)[:count]
+        start = (self._end - back - count) % size
+        if start + count <= size:
+            return self._ring[start:start + count].copy()
+        return np.concatenate((self._ring[start:], self._ring[:start + count - size]))
+
     def clear(self) -> None:
         self._end, self.filled = 0, False
 
@@ -361,7 +372,7 @@ class EchoCanceller:
                 self._placements, self._aligned_after = self._played.placements, _NEVER
                 # Measure the new placement's delay as soon as the check's span holds only audio placed by it.
                 self._next_check = self._playing_frames + round(PRESENCE_SPAN_S * PROTOCOL_RATE / FRAME)
-            delayed_far = self._recent_far.last(self._excess_reference_lag + FRAME)[:FRAME]
+            delayed_far = self._recent_far.before_last(self._excess_reference_lag, FRAME)
             # Not learnt from a reference off the echo: its weights would spread over the wrong taps (the
             # likely reason believing the check at once, while it went on learning, let the echo through
             # in 15 of 200 replies; README, run 14).

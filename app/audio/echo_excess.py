@@ -236,9 +236,10 @@ class EchoExcess:
         if self._residual_held_for:
             self._residual_held_for -= 1
             return of_microphone
-        if self._linear.removed_db < LINEAR_TRUSTED_DB:
+        # Silence first: most frames of echo are, and then the filter's removal (a median) is not needed.
+        if not of_microphone.any() or self._linear.removed_db < LINEAR_TRUSTED_DB:
             return of_microphone
-        if not of_microphone.any() or _power(of_residual) < _power(heard) * 10 ** (RESIDUAL_GATE_DB / 10):
+        if _power(of_residual) < _power(heard) * 10 ** (RESIDUAL_GATE_DB / 10):
             return np.zeros(FRAME, np.float32)
         return of_residual
 
