@@ -410,6 +410,9 @@ def _figures(soak: _Soak, turns: list[SoakTurn], minutes: float) -> dict:
         "spoken_turns_last_10min": len(talk["last"]),
         "eos_to_first_delta_ms_p50": p50([t.eos_to_first_delta_ms for t in timed if t.kind != "screen"]),
         "eos_to_first_delta_ms_p95": p95([t.eos_to_first_delta_ms for t in timed if t.kind != "screen"]),
+        # One stalled turn in a hundred moves no percentile; the longest wait (screen questions too) shows it.
+        "eos_to_first_delta_ms_max": max((t.eos_to_first_delta_ms for t in timed
+                                          if t.eos_to_first_delta_ms is not None), default=None),
         "screen_eos_to_first_delta_ms_p50": p50([t.eos_to_first_delta_ms for t in timed if t.kind == "screen"]),
         "screen_eos_to_first_delta_ms_p50_first_10min": p50(screen["first"]),
         "screen_eos_to_first_delta_ms_p50_last_10min": p50(screen["last"]),

@@ -115,6 +115,10 @@ class Listener(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def context_changed(self, context: ReplyRequest) -> None:
+        """The conversation before this utterance changed while it was spoken (a screenshot it asks about
+        was read): a backend that pre-computes the reply's prompt may start again from it. Returns at once."""
+
 
 class BackendSession(ABC):
     """Per-connection model state (e.g. a KV-cache slot). Methods are called from the asyncio loop."""

@@ -9,13 +9,13 @@ Three threads run one reply: the LLM decoding, Piper speaking the previous phras
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from engine.backends.base import (
     drain_outbox,
 )
 from engine.llm.chat_model import ChatModel
-from engine.llm.prompt import build_messages
+from engine.llm.prompt import ForwardWindow
 from engine.models.store import ModelStore
 from engine.runtime import inference_threads
 from engine.speech.asr import UtteranceTranscriber, WhisperAsr
@@ -57,7 +57,7 @@ CONTEXT_TOKENS = 4096
 PROMPT_TOKENS = 2048
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class EmbeddedSettings:
     llm: str = DEFAULT_LLM
     asr: str = "whisper-tiny.en"
@@ -123,6 +123,7 @@ class EmbeddedSession(BackendSession):
         self.backend = backend
         self.slot = backend.llm.claim_slot()
         self._prefill = _Prefiller(backend.llm, self.slot, backend.workers)
+        self._window = ForwardWindow()
 
     def prepare(self, context: ReplyRequest) -> None:
         self._prefill.request(self.messages(context))  # e.g. the system prompt, before anyone speaks
@@ -138,7 +139,7 @@ class EmbeddedSession(BackendSession):
 
     def messages(self, request: ReplyRequest) -> list[dict]:
         reply_tokens = self._reply_tokens(request)
-        return build_messages(request, min(CONTEXT_TOKENS, PROMPT_TOKENS + reply_tokens), reply_tokens)
+        return self._window.messages(request, min(CONTEXT_TOKENS, PROMPT_TOKENS + reply_tokens), reply_tokens)
 
     @staticmethod
     def _reply_tokens(request: ReplyRequest) -> int:
@@ -206,6 +207,7 @@ class _ReplyThreads:
                 self._deliver(TextDelta(fragment))
 
         try:
+            self.session._prefill.settle()
             self.stats.mark("llm_request")
             result = backend.llm.stream(
                 self.session.messages(self.request),
@@ -259,18 +261,33 @@ class _CascadeListener(Listener):
         self._session = session
         self._context = context
         self._on_partial = on_partial
+        self._closed = False
+        self._heard = ""  # the newest partial transcript
         # Frequent partials keep the LLM cache close behind the speaker: at the end of the turn only the
         # last word or two and the reply header are left to prefill (~30 ms a token at this batch size).
         self._transcriber = UtteranceTranscriber(session.backend.asr, on_partial=self._partial,
                                                  partial_interval_s=0.3)
-        session._prefill.request(session.messages(context))  # history and instructions: cached before the words
+        self._prefill_heard()  # history and instructions: cached before the words
 
     def _partial(self, text: str) -> None:
+        if self._closed:
+            return  # a pass that finished after the turn ended: its prompt is stale (see _Prefiller)
         if self._on_partial:
             self._on_partial(text)
-        turns = (*self._context.turns, Turn("user", text))
-        request = ReplyRequest(self._context.instructions, turns)
-        self._session._prefill.request(self._session.messages(request))
+        self._heard = text
+        self._prefill_heard()
+
+    def context_changed(self, context: ReplyRequest) -> None:
+        # A screenshot's text, read while the question is spoken (~360 tokens: ~5 s to prefill on one
+        # core), is prefilled then rather than after the question.
+        self._context = context
+        if not self._closed:
+            self._prefill_heard()
+
+    def _prefill_heard(self) -> None:
+        # The context as the reply will see it (its output cap too, which sets the history's budget).
+        turns = (*self._context.turns, Turn("user", self._heard)) if self._heard else self._context.turns
+        self._session._prefill.request(self._session.messages(dataclasses.replace(self._context, turns=turns)))
 
     def feed(self, audio: np.ndarray) -> None:
         self._transcriber.feed(audio)
@@ -279,6 +296,7 @@ class _CascadeListener(Listener):
         return await asyncio.to_thread(self._transcriber.transcript)  # waits; the work is on the ASR thread
 
     def close(self) -> None:
+        self._closed = True
         self._transcriber.close()  # returns at once; the worker drops its pass at the next step
 
 
@@ -317,34 +335,54 @@ class _Workers:
 
 
 class _Prefiller:
-    """Keeps one conversation's KV slot warm in the background; only the newest request matters."""
+    """Keeps one conversation's KV slot warm in the background; only the newest request matters.
+
+    A reply waits for the prefill that is running (settle). In the soak a prefill begun 0.2 s before a
+    reply still reached the slot after it, its prompt by then older than the slot's cache: 1,230 tokens
+    prefilled again in 20.7 s, and the next answer waited behind it. Run first, it costs its few new
+    tokens and the reply extends it."""
 
     def __init__(self, llm: ChatModel, slot: int, workers: _Workers):
         self._llm, self._slot, self._workers = llm, slot, workers
         self._latest: list[dict] | None = None
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._wake = threading.Lock()  # guards _latest and _draining
+        self._draining = False  # a worker is taking requests
+        self._running = threading.Lock()  # held while a request is taken and prefilled
 
     def request(self, messages: list[dict]) -> None:
         with self._wake:
             self._latest = messages
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = self._workers.start(self._run, "prefill", self.cancel_pending)
+            if self._draining:
+                return
+            self._draining = True
+        if self._workers.start(self._run, "prefill", self.cancel_pending) is None:
+            with self._wake:
+                self._draining = False
 
     def cancel_pending(self) -> None:
         with self._wake:
             self._latest = None
 
+    def settle(self) -> None:
+        """Wait until no prefill is running."""
+        with self._running:
+            pass
+
     def _run(self) -> None:
         while True:
-            with self._wake:
-                messages, self._latest = self._latest, None
-            if messages is None:
-                return
-            try:
-                started = time.monotonic()
-                stats = self._llm.prefill(messages, slot=self._slot)
-                log.debug("prefill of %d tokens (%d cached) took %.0f ms", stats.prompt_tokens, stats.cached_tokens,
-                          (time.monotonic() - started) * 1000)
-            except Exception:
-                log.exception("prefill failed (harmless: the reply will prefill instead)")
+            with self._running:
+                with self._wake:
+                    messages, self._latest = self._latest, None
+                    if messages is None:
+                        self._draining = False
+                        return
+                self._prefill(messages)
+
+    def _prefill(self, messages: list[dict]) -> None:
+        try:
+            started = time.monotonic()
+            stats = self._llm.prefill(messages, slot=self._slot)
+            log.debug("prefill of %d tokens (%d cached) took %.0f ms", stats.prompt_tokens, stats.cached_tokens,
+                      (time.monotonic() - started) * 1000)
+        except Exception:
+            log.exception("prefill failed (harmless: the reply will prefill instead)")

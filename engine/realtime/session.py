@@ -363,6 +363,12 @@ class RealtimeSession:
             self.emit("error", error={"type": "invalid_request_error", "code": errors.INVALID_IMAGE,
                                       "message": f"the image in item {item.id} cannot be used: {error}",
                                       "param": "item.content", "event_id": None})
+            return
+        # Its text joins the prompt now, not after the question that is being (or is about to be) asked.
+        if self._pending:
+            self._pending.listener.context_changed(self._request())
+        elif not (self._response and self._response.active):
+            self._backend.prepare(self._request())
 
     def _on_item_delete(self, event: ClientEvent) -> None:
         item_id = event.body["item_id"]

@@ -32,6 +32,7 @@ class ScriptedListener(Listener):
         self.samples = 0
         self._transcript = transcript
         self.closed = False
+        self.contexts: list[ReplyRequest] = []  # what context_changed was told
 
     def feed(self, audio: np.ndarray) -> None:
         self.samples += audio.size
@@ -42,13 +43,21 @@ class ScriptedListener(Listener):
     def close(self) -> None:
         self.closed = True
 
+    def context_changed(self, context: ReplyRequest) -> None:
+        self.contexts.append(context)
+
 
 class ScriptedSession(BackendSession):
     def __init__(self, backend: ScriptedBackend):
         self.backend = backend
 
+    def prepare(self, context: ReplyRequest) -> None:
+        self.backend.prepared.append(context)
+
     def listen(self, context: ReplyRequest, on_partial: Callable[[str], None] | None = None) -> Listener:
-        return ScriptedListener(self.backend.transcript)
+        listener = ScriptedListener(self.backend.transcript)
+        self.backend.listeners.append(listener)
+        return listener
 
     async def read_screen(self, image: bytes) -> ScreenImage:
         if not image.startswith(b"\x89PNG"):
@@ -75,6 +84,8 @@ class ScriptedBackend(Backend):
         self.transcript = transcript
         self.step_s = step_s
         self.requests: list[ReplyRequest] = []
+        self.prepared: list[ReplyRequest] = []
+        self.listeners: list[ScriptedListener] = []
         self.steps_run = 0
         self.fail_at_step: int | None = None
 

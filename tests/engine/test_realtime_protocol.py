@@ -305,6 +305,39 @@ async def test_screenshot_item_is_read_before_the_reply(client, served):
     assert turn.images and turn.images[0].text == "SCREEN TEXT"
 
 
+async def test_a_screenshot_is_prepared_for_the_question_as_soon_as_it_is_read(client, served):
+    backend, _, _ = served
+    data_url = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+    await client.send("conversation.item.create", item={"type": "message", "role": "user", "content": [
+        {"type": "input_image", "image_url": data_url}]})
+    await client.expect("conversation.item.created")
+    await _until(lambda: backend.prepared and backend.prepared[-1].turns)
+    assert backend.prepared[-1].turns[-1].images[0].text == "SCREEN TEXT"  # before any question
+
+
+async def test_a_screenshot_read_while_its_question_is_spoken_reaches_the_listener(client, served):
+    backend, _, _ = served
+    speech = say("What gate does my flight leave from?", "flite:slt")
+    silence = np.zeros(24000, np.float32)
+    await client.append_audio(np.concatenate([silence[:12000], speech[:len(speech) // 2]]))
+    await client.expect("input_audio_buffer.speech_started")
+    data_url = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+    await client.send("conversation.item.create", item={"type": "message", "role": "user", "content": [
+        {"type": "input_image", "image_url": data_url}]})
+    await _until(lambda: backend.listeners[-1].contexts)
+    assert backend.listeners[-1].contexts[-1].turns[-1].images[0].text == "SCREEN TEXT"
+    await client.append_audio(np.concatenate([speech[len(speech) // 2:], silence]))
+    done = await client.expect("response.done")
+    assert done["response"]["status"] == "completed"
+
+
+async def _until(condition, timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
 # --- audio turns ------------------------------------------------------------------------------------
 
 async def test_server_vad_turn_from_real_speech(client, served):
