@@ -20,6 +20,7 @@ from app.audio.devices import DeviceWatcher
 from app.audio.echo_canceller import EchoCanceller
 from app.audio.echo_reference import PlayedAudio
 from app.audio.playback import Speaker
+from app.audio.self_interruptions import CONFIRM_S, SelfInterruptions
 from app.audio.voice_activity import VoiceActivity
 from app.controller import Controller, TalkSettings
 from app.engine_link import client as link_states
@@ -136,6 +137,7 @@ class ConfideApp(QObject):
                                             on_failing=self.bridge.echo_failing.emit)
         self.barge_in_detector = BargeInDetector(self.voice_activity, self.echo_canceller,
                                                  vad_threshold(settings.conversation.vad_sensitivity))
+        self.self_interruptions = SelfInterruptions(on_failing=self._on_echo_failing)
         self.microphone = Microphone(settings.audio.input_device, on_audio=self.echo_canceller.process,
                                      on_error=self.bridge.mic_error.emit)
         self.device_watcher = DeviceWatcher(self.bridge.devices_changed.emit)
@@ -220,6 +222,7 @@ class ConfideApp(QObject):
     def _connect(self) -> None:
         b, c, w, t = self.bridge, self.controller, self.window, self.tray
         b.event.connect(c.engine_event)
+        b.event.connect(self._watch_for_speech)
         b.link_status.connect(self._on_link_status)
         b.engine_ready.connect(lambda url, token: self.link.connect(url, token))
         b.engine_status.connect(self._on_engine_status)
@@ -227,6 +230,7 @@ class ConfideApp(QObject):
         b.playback_started.connect(c.playback_started)
         b.playback_drained.connect(c.playback_drained)
         b.barge_in.connect(c.barge_in)
+        b.barge_in.connect(self._count_barge_in)
         b.mic_error.connect(lambda message: self._device_failed("microphone", message))
         b.speaker_error.connect(lambda message: self._device_failed("speaker", message))
         b.level.connect(w.set_mic_level)
@@ -305,9 +309,20 @@ class ConfideApp(QObject):
                            True)
         self._show_echo_mode()
 
+    def _count_barge_in(self, _response_id: str, _onset: float) -> None:
+        if not self.controller.hands_free:
+            return  # without the engine's turn detection, nothing would say the person spoke
+        self.self_interruptions.barge_in()
+        QTimer.singleShot(int(CONFIRM_S * 1000) + 50, self.self_interruptions.expire)
+
+    def _watch_for_speech(self, event: dict) -> None:
+        if event.get("type") == "input_audio_buffer.speech_started":
+            self.self_interruptions.speech_heard()
+
     def _new_echo_path(self) -> None:
         """Another microphone or speaker: learn the echo afresh, and trust the canceller again."""
         self.echo_canceller.reset()
+        self.self_interruptions.forget()
         self.barge_in_detector.half_duplex = False
         self._show_echo_mode()
 

@@ -26,6 +26,7 @@ from app.audio.capture import PROTOCOL_RATE, Microphone
 from app.audio.echo_canceller import EchoCanceller
 from app.audio.echo_reference import PlayedAudio
 from app.audio.playback import Speaker
+from app.audio.self_interruptions import IN_A_ROW
 from app.audio.voice_activity import VoiceActivity
 from app.bench.echo_recording import EchoRecorder
 from app.mic_router import MicRouter
@@ -140,7 +141,8 @@ def echo_only(rig: EchoRig, pulse, replies: list[np.ndarray], pause_s: float = 0
     recorder (started on the rig's canceller) is told where each reply's frames are."""
     rig.canceller.monitor.reset_totals()
     false_barge_ins, echo_levels, heard_by = 0, [], {}
-    for audio in replies:
+    in_a_row, half_duplex_at = 0, None
+    for index, audio in enumerate(replies, 1):
         span = recorder.reply() if recorder is not None else contextlib.nullcontext()
         with pulse.record_mic_feed() as heard, span:
             response_id, _ = rig.play(audio)
@@ -148,11 +150,15 @@ def echo_only(rig: EchoRig, pulse, replies: list[np.ndarray], pause_s: float = 0
         false_barge_ins += reply.fired
         if reply.fired:
             heard_by[reply.heard_by] = heard_by.get(reply.heard_by, 0) + 1
+        # Nobody speaks here, so the app's engine would hear nobody after each: SelfInterruptions' count.
+        in_a_row = in_a_row + 1 if reply.fired else 0
+        if in_a_row >= IN_A_ROW and half_duplex_at is None:
+            half_duplex_at = index
         echo_levels.append(_rms(heard.audio()))
         time.sleep(pause_s)
     return {"replies": len(replies), "false_barge_ins": false_barge_ins, "false_barge_ins_heard_by": heard_by,
-            "erle_db": rig.canceller.monitor.erle_db(), "echo_rms": float(np.median(echo_levels)),
-            "excess_margin_db": rig.canceller.excess_margin_db}
+            "half_duplex_at_reply": half_duplex_at, "erle_db": rig.canceller.monitor.erle_db(),
+            "echo_rms": float(np.median(echo_levels)), "excess_margin_db": rig.canceller.excess_margin_db}
 
 
 @dataclass(frozen=True)
@@ -251,6 +257,9 @@ def path_figures(results: dict) -> dict:
     figures = {"erle_db": echo["erle_db"], "replies": echo["replies"], "false_barge_ins": echo["false_barge_ins"],
                "false_barge_ins_heard_by": echo["false_barge_ins_heard_by"],
                "false_bargein_rate": round(echo["false_barge_ins"] / max(1, echo["replies"]), 4),
+               # The reply at which the app would fall back to half-duplex (false barge-ins in a row; the
+               # detector here does not: the figures are its own), or None.
+               "half_duplex_at_reply": echo["half_duplex_at_reply"],
                "echo_rms_dbfs": round(20 * np.log10(max(echo["echo_rms"], 1e-9)), 1),
                "aec_cpu_ms_per_10ms": results["cpu_ms_per_10ms"],
                # The streams' clocks as the canceller saw them: the drift it followed, and how often the

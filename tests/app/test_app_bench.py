@@ -101,6 +101,8 @@ def test_a_reduced_echo_cancellation_run_reports_every_figure_for_both_echo_path
         assert 0 < path["aec_cpu_ms_per_10ms"] < 10, path
         assert abs(path["delay_drift_ppm"]) <= 2000 and path["reference_placements"] >= 1, path
         assert 3.0 <= path["excess_margin_db_after_echo_only"] <= 7.0, path  # as measured on that path
+        # Where the app would have gone half-duplex: only after two false barge-ins in a row.
+        assert path["half_duplex_at_reply"] == (2 if path["false_barge_ins"] == 2 else None), path
         for level in ("", "_minus_6db"):
             assert 0 <= path[f"doubletalk_detect_rate{level}"] <= 1
     for key in ("erle_db", "false_bargein_rate", "doubletalk_detect_rate", "doubletalk_detect_ms_p50",

@@ -9,12 +9,14 @@ import json
 import os
 import re
 import signal
+import threading
 import time
 
 import numpy as np
 import pytest
 from PySide6.QtWidgets import QLabel
 
+from app.audio.self_interruptions import CONFIRM_S, IN_A_ROW
 from app.confide_app import ConfideApp
 from app.history import ConversationHistory
 from app.settings import Settings
@@ -142,6 +144,36 @@ def test_barge_in_silences_the_reply_and_keeps_only_what_was_heard(confide, qtbo
          or any(t.interrupted for t in confide.history.turns), 20, "the interrupted reply to be recorded")
     cut = next(t for t in reversed(confide.history.turns) if t.interrupted)
     assert cut.role == "assistant" and cut.text and len(cut.text) < 400
+    qtbot.wait(int(CONFIRM_S * 1000) + 200)
+    assert confide.self_interruptions.in_a_row == 0  # the engine heard the person: not the echo's doing
+
+
+def test_barge_ins_after_which_the_engine_hears_nobody_turn_the_app_half_duplex(confide, qtbot):
+    """The detector's verdict is forced, as if the echo had fooled it; the rest is real: the reply stops,
+    the engine listens to the silence after it and hears nobody, twice, and the app falls back and says so."""
+    confide.controller.set_hands_free(True)
+    pump(qtbot, lambda: confide.controller.state is AppState.LISTENING, 10, "listening")
+    fooled = threading.Event()
+    detector_feed = confide.barge_in_detector.feed
+
+    def feed(chunk):  # on the capture worker, as MicRouter calls it while a reply plays
+        if fooled.is_set():
+            fooled.clear()
+            return True
+        return detector_feed(chunk)
+
+    confide.barge_in_detector.feed = feed
+    for attempt in range(1, IN_A_ROW + 1):
+        confide.controller.submit_text("Tell me a long story about a lighthouse keeper, in many sentences.")
+        pump(qtbot, lambda: confide.controller.state is AppState.SPEAKING, 60, "the reply to play")
+        assert not confide.barge_in_detector.half_duplex
+        fooled.set()
+        pump(qtbot, lambda: confide.controller.state is not AppState.SPEAKING, 10, "the barge-in")
+        if attempt < IN_A_ROW:
+            pump(qtbot, lambda: confide.self_interruptions.in_a_row == attempt, CONFIRM_S + 5, "the count")
+    pump(qtbot, lambda: confide.barge_in_detector.half_duplex, CONFIRM_S + 5, "half-duplex")
+    assert "half-duplex" in confide.window.hands_free_box.text()
+    assert "echo is getting through" in confide.window.message_label.text()
 
 
 def test_screen_question_is_answered_from_the_screen(confide, qtbot):

@@ -1,0 +1,59 @@
+"""Barge-ins after which the engine heard nobody: counted on a fake clock here; the app on the harness
+with the real engine is in test_app_end_to_end.py."""
+
+from __future__ import annotations
+
+from app.audio.self_interruptions import CONFIRM_S, IN_A_ROW, SelfInterruptions
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _unheard(counter: SelfInterruptions, clock: Clock) -> None:
+    counter.barge_in()
+    clock.now += CONFIRM_S
+    counter.expire()
+
+
+def test_barge_ins_in_a_row_that_nobody_followed_say_the_echo_gets_through():
+    failing, clock = [], Clock()
+    counter = SelfInterruptions(lambda: failing.append(clock.now), clock)
+    for _ in range(IN_A_ROW - 1):
+        _unheard(counter, clock)
+    assert not failing and counter.in_a_row == IN_A_ROW - 1
+    _unheard(counter, clock)
+    assert len(failing) == 1 and counter.in_a_row == 0  # said once; counting starts again
+
+
+def test_the_person_heard_after_a_barge_in_breaks_the_row():
+    failing, clock = [], Clock()
+    counter = SelfInterruptions(lambda: failing.append(clock.now), clock)
+    _unheard(counter, clock)
+    counter.barge_in()
+    clock.now += 0.4
+    counter.speech_heard()  # the engine heard the person
+    clock.now += CONFIRM_S
+    counter.expire()  # the timer of that barge-in: nothing left to judge
+    _unheard(counter, clock)
+    assert not failing and counter.in_a_row == 1
+
+
+def test_a_timer_that_fires_early_judges_nothing_and_speech_without_a_barge_in_counts_nothing():
+    failing, clock = [], Clock()
+    counter = SelfInterruptions(lambda: failing.append(clock.now), clock)
+    counter.speech_heard()  # an ordinary turn
+    counter.barge_in()
+    clock.now += CONFIRM_S / 2
+    counter.expire()
+    assert counter.in_a_row == 0
+    clock.now += CONFIRM_S / 2
+    counter.expire()
+    assert counter.in_a_row == 1
+    counter.forget()  # another device: nothing counts from before
+    _unheard(counter, clock)
+    assert not failing and counter.in_a_row == 1
