@@ -2,10 +2,10 @@
 microphone from the second before the barge-in on, heard no speech at all.
 
 EchoMonitor (echo_canceller.py) catches an echo the canceller fails to remove (ERLE under 6 dB). This
-catches the echo it removes well but not well enough for the detector's keenest ear: on a harness path
-whose echo drifted out of step with the reference, ERLE stayed at 31 dB and the assistant interrupted
-itself in 41 of 50 replies, every time with silence after (AEC run 23 in the issue's notes). IN_A_ROW
-of them in a row, the app falls back to half-duplex, as it does for EchoMonitor.
+catches the echo it removes well but not well enough for the detector's keenest ear: on harness paths
+whose echo came apart from the reference, ERLE stayed at 31-33 dB and the detector stopped 41 and 42 of
+50 replies with nobody talking (AEC runs 23 and 25, README). After IN_A_ROW of them in a row, the app
+falls back to half-duplex, as it does for EchoMonitor.
 """
 
 from __future__ import annotations

@@ -107,6 +107,9 @@ def test_barge_in_storm(pulse_audio, qtbot, tmp_path, monkeypatch):
                     response_id = app.speaker.playing
                     app.speaker.cancel(response_id)
                     app.bridge.barge_in.emit(response_id, time.monotonic())
+                    # A person's: the engine would hear them (the tone engine hears nobody, and two barge-ins
+                    # in a row that nobody followed turn the app half-duplex).
+                    app.self_interruptions.speech_heard()
                 elif how == "stop":  # the stop hotkey, the tray, `confide --stop`
                     controller.stop_speaking()
                 else:  # the person types the next question over the reply
