@@ -50,6 +50,6 @@ class SelfInterruptions:
             self._on_failing()
 
     def forget(self) -> None:
-        """A new echo path (another device), or hands-free off: nothing counts from before."""
+        """A new echo path (another device): nothing counts from before."""
         self._waiting_since = None
         self.in_a_row = 0
