@@ -69,6 +69,7 @@ class _Reply:
     cancelled: bool = False
     done: bool = False
     has_audio: bool = False  # audio of it was sent (it went straight to the speaker)
+    drained: bool = False  # its last sample left the speaker (that can come before response.done reaches us)
 
 
 @dataclass
@@ -361,8 +362,10 @@ class Controller(QObject):
             else:
                 f.queued = None
             reply = f.replies.get(response_id)
-            if reply is not None and reply.done and not reply.cancelled:
-                del f.replies[response_id]  # fully heard: settled
+            if reply is not None:
+                reply.drained = True
+                if reply.done and not reply.cancelled:
+                    del f.replies[response_id]  # fully heard: settled
             self._end_one_shot()
             self._refresh()
 
@@ -457,7 +460,7 @@ class Controller(QObject):
         elif not reply.cancelled:  # a cut reply settles when its heard text comes back (item retrieved)
             self.assistant_finished.emit(reply.response_id, reply.text, False)
             self._record("assistant", reply.text, reply.item_id or reply.response_id)
-            if reply.has_audio and not f.speaker_lost and f.playing != reply.response_id:
+            if reply.has_audio and not reply.drained and not f.speaker_lost and f.playing != reply.response_id:
                 f.queued = reply.response_id  # its sound is still on its way: a stop must find it
             elif f.playing != reply.response_id:
                 f.replies.pop(reply.response_id, None)

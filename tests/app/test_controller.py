@@ -286,6 +286,20 @@ def test_barge_in_truncates_to_what_was_heard_and_records_that(qtbot):
     assert rig.history.turns[f"item_{response_id}"] == ("assistant", "One, two,", True, False)
 
 
+def test_a_reply_whose_sound_ends_before_its_done_event_settles_and_is_never_cut_later(qtbot):
+    # The speaker learns a reply's audio is complete from the link thread, so its last sample can leave
+    # (drained) before the controller hears response.done: the reply is settled, not queued for a stop.
+    rig = in_thinking()
+    response_id = rig.reply_arrives("All of it.")
+    rig.event("response.output_audio.delta", response_id=response_id, delta="")
+    rig.controller.playback_drained(response_id)
+    rig.event("response.done", response={"id": response_id, "status": "completed"})
+    assert rig.controller._facts.replies == {} and rig.controller._facts.queued is None
+    rig.controller.talk_pressed()
+    assert response_id not in rig.speaker.cancelled and not rig.engine.of_type("conversation.item.truncate")
+    assert rig.history.turns[f"item_{response_id}"] == ("assistant", "All of it.", False, False)
+
+
 def test_talk_key_while_speaking_interrupts_then_listens(qtbot):
     rig = in_speaking()
     response_id = rig.controller._facts.playing
