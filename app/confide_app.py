@@ -249,6 +249,7 @@ class ConfideApp(QObject):
         c.conversation_cleared.connect(w.clear_conversation)
         c.message.connect(self._show_message)
         c.hands_free_changed.connect(self._on_hands_free_changed)
+        c.spoken_turn_heard.connect(self._on_spoken_turn)
         c.muted_changed.connect(w.set_muted)
         c.muted_changed.connect(t.set_muted)
 
@@ -319,6 +320,13 @@ class ConfideApp(QObject):
         if event.get("type") == "input_audio_buffer.speech_started":
             self.self_interruptions.speech_heard()
 
+    def _on_spoken_turn(self, item_id: str, own_voice: bool) -> None:
+        if own_voice:
+            self.window.drop_user_turn(item_id)
+            self.self_interruptions.own_voice_heard()
+        else:
+            self.self_interruptions.person_heard()
+
     def _new_echo_path(self) -> None:
         """Another microphone or speaker: learn the echo afresh, and trust the canceller again."""
         self.echo_canceller.reset()
@@ -327,10 +335,10 @@ class ConfideApp(QObject):
         self._show_echo_mode()
 
     def _show_echo_mode(self) -> None:
-        if not self.echo_canceller.enabled:
-            mode = "off"
+        if self.barge_in_detector.half_duplex:  # what the person must know first: interrupting takes longer
+            mode = "half-duplex"
         else:
-            mode = "half-duplex" if self.barge_in_detector.half_duplex else "cancelled"
+            mode = "cancelled" if self.echo_canceller.enabled else "off"
         label, explanation = ECHO_MODES[mode]
         self.window.set_echo_mode(label, explanation)
         self.tray.set_echo_mode(label, explanation)
@@ -354,6 +362,8 @@ class ConfideApp(QObject):
         self.tray.set_hands_free(on)
         self.settings.conversation.hands_free = on
         self._save_settings()
+        if not on:
+            self.self_interruptions.forget()  # a row half counted in hands-free ends with it
 
     def _on_hotkey(self, name: str) -> None:
         if name == "toggle_window":

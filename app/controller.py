@@ -12,16 +12,22 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from PySide6.QtCore import QObject, Signal
 
+from app.own_voice import is_own_words
 from app.session_setup import session_update
 from app.state import AppState
 
 log = logging.getLogger(__name__)
+
+# The engine hears speech that began while a reply sounded (its onset from the held-back second the router
+# sends on a barge-in) up to this long after the reply went quiet.
+OWN_VOICE_WINDOW_S = 2.0
 
 
 class EnginePort(Protocol):
@@ -97,6 +103,7 @@ class Controller(QObject):
     screenshot_attached = Signal(bytes)
     conversation_cleared = Signal()
     message = Signal(str, bool)  # text, is_error
+    spoken_turn_heard = Signal(str, bool)  # item_id, it was the reply's own voice (and was dropped)
     hands_free_changed = Signal(bool)
     muted_changed = Signal(bool)
 
@@ -109,6 +116,10 @@ class Controller(QObject):
         self._partials: dict[str, str] = {}
         self._pending_screenshot = False
         self._session_items: list[str] = []  # what the engine's conversation holds, by item id
+        self._went_quiet_last: tuple[str, float] = ("", 0.0)  # the reply that sounded last, and when it stopped
+        self._heard_text: dict[str, str] = {}  # response id → what was heard of it (recent replies)
+        self._spoken_over: dict[str, str] = {}  # user item id → the reply sounding, or just stopped, when it began
+        self._own_voice_items: set[str] = set()  # dropped: their late partials show nothing
         self._state: tuple[AppState, str] = (AppState.CONNECTING, "")
         self._engine.update_session(self._session())
 
@@ -163,6 +174,8 @@ class Controller(QObject):
         f.connected, f.failure = True, ""
         f.cut_unseen = False
         self._session_items.clear()  # a new session starts empty; the seeded items are announced again
+        self._spoken_over.clear()
+        self._own_voice_items.clear()
         if self._history is not None:
             for item in self._history.as_conversation_items():
                 self._engine.send(item)
@@ -334,6 +347,7 @@ class Controller(QObject):
                 self._truncate(reply, heard_ms)
         if f.playing == response_id:
             f.playing = None
+            self._went_quiet_last = (response_id, time.monotonic())
         if f.queued == response_id:
             f.queued = None
 
@@ -364,6 +378,8 @@ class Controller(QObject):
             reply = f.replies.get(response_id)
             if reply is not None:
                 reply.drained = True
+                self._went_quiet_last = (response_id, time.monotonic())
+                self._keep_heard_text(response_id, reply.text)
                 if reply.done and not reply.cancelled:
                     del f.replies[response_id]  # fully heard: settled
             self._end_one_shot()
@@ -384,6 +400,7 @@ class Controller(QObject):
             handler(self, event)
 
     def _on_speech_started(self, event: dict) -> None:
+        self._note_reply_sounding(event.get("item_id"))
         # The engine heard the person over the reply (and stopped it, with interrupt_response); silence
         # the rest here too, in case the local detector missed quieter speech.
         if self._facts.playing or self._facts.reply:
@@ -397,18 +414,25 @@ class Controller(QObject):
 
     def _on_partial(self, event: dict) -> None:
         item_id = event.get("item_id", "")
+        if item_id in self._own_voice_items:
+            return
         self._partials[item_id] = self._partials.get(item_id, "") + (event.get("delta") or "")
         self.user_partial.emit(item_id, self._partials[item_id])
 
     def _on_transcript(self, event: dict) -> None:
         item_id, text = event.get("item_id", ""), (event.get("transcript") or "").strip()
         self._partials.pop(item_id, None)
+        heard = self._heard_text.get(self._spoken_over.pop(item_id, ""), "")
+        if text and heard and is_own_words(text, heard):
+            self._drop_own_voice(item_id, text)
+            return
         self.user_final.emit(item_id, text)
         if text:
             items = self._session_items
             after = items[items.index(item_id) - 1] if item_id in items[1:] else None
             self._record("user", text, item_id, had_screenshot=self._pending_screenshot, after=after)
             self._pending_screenshot = False
+            self.spoken_turn_heard.emit(item_id, False)
 
     def _on_response_created(self, event: dict) -> None:
         f = self._facts
@@ -479,6 +503,7 @@ class Controller(QObject):
                 content = (item.get("content") or [{}])[0]
                 heard = content.get("transcript") or content.get("text") or ""
                 del self._facts.replies[response_id]
+                self._keep_heard_text(response_id, heard)
                 self.assistant_finished.emit(response_id, heard, True)
                 self._record("assistant", heard, reply.item_id, interrupted=True)
 
@@ -519,6 +544,37 @@ class Controller(QObject):
         "conversation.item.deleted": _on_item_deleted,
         "error": _on_error,
     }
+
+    # --- its own voice ----------------------------------------------------------------------------------
+
+    def _keep_heard_text(self, response_id: str, text: str) -> None:
+        self._heard_text[response_id] = text
+        while len(self._heard_text) > 4:
+            del self._heard_text[next(iter(self._heard_text))]
+
+    def _note_reply_sounding(self, item_id: str | None) -> None:
+        """Speech began while a reply sounded (or just after): if its words turn out to be the last ones
+        heard of that reply (known once the reply is cut or played out), it was the speakers' echo. Only in
+        hands-free: with the talk key the person stops the reply first."""
+        if not item_id or not self.settings.hands_free:
+            return
+        quiet_id, quiet_at = self._went_quiet_last
+        if self._facts.playing:
+            self._spoken_over[item_id] = self._facts.playing
+        elif quiet_id and time.monotonic() - quiet_at < OWN_VOICE_WINDOW_S:
+            self._spoken_over[item_id] = quiet_id
+
+    def _drop_own_voice(self, item_id: str, text: str) -> None:
+        """The engine transcribed the reply's own echo as a turn: forget that turn there and here, and stop
+        the answer it asked for (announced or not), so the assistant never answers itself."""
+        log.warning("the engine heard the assistant's own voice: %r", text)
+        self._own_voice_items.add(item_id)
+        self._engine.send({"type": "conversation.item.delete", "item_id": item_id})
+        self._interrupt("its own voice", awaited_too=True)
+        self.spoken_turn_heard.emit(item_id, True)
+        self.message.emit(f"Confide heard its own voice through the speakers (\u201c{text}\u201d) and did not "
+                          "answer it.", False)
+        self._refresh()
 
     # --- helpers ---------------------------------------------------------------------------------------
 

@@ -125,6 +125,12 @@ class TranscriptView(QScrollArea):
         self._bubbles[(entry.role, entry.key)] = bubble
         return bubble
 
+    def remove(self, role: str, key: str) -> None:
+        bubble = self._bubbles.pop((role, key), None)
+        if bubble is not None:
+            self._layout.removeWidget(bubble)
+            bubble.deleteLater()
+
     def clear(self) -> None:
         for bubble in self._bubbles.values():
             self._layout.removeWidget(bubble)
@@ -367,6 +373,10 @@ class MainWindow(QWidget):
             bubble = self.transcript.add(TranscriptEntry(USER, item_id, text))
         bubble.entry.text, bubble.entry.partial, bubble.entry.finished = text, False, True
         bubble.refresh()
+
+    def drop_user_turn(self, item_id: str) -> None:
+        """A turn that was not the person's (the assistant's own voice, heard through the speakers)."""
+        self.transcript.remove(USER, item_id)
 
     def show_assistant_delta(self, response_id: str, text: str) -> None:
         bubble = self.transcript.bubble(ASSISTANT, response_id)

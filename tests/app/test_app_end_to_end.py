@@ -163,6 +163,11 @@ def test_barge_ins_after_which_the_engine_hears_nobody_turn_the_app_half_duplex(
         return detector_feed(chunk)
 
     confide.barge_in_detector.feed = feed
+    confide.self_interruptions.own_voice_heard()  # one counted in hands-free...
+    confide.controller.set_hands_free(False)  # ...ends with it
+    confide.controller.set_hands_free(True)
+    assert confide.self_interruptions.in_a_row == 0
+    pump(qtbot, lambda: confide.controller.state is AppState.LISTENING, 10, "listening")
     for attempt in range(1, IN_A_ROW + 1):
         confide.controller.submit_text("Tell me a long story about a lighthouse keeper, in many sentences.")
         pump(qtbot, lambda: confide.controller.state is AppState.SPEAKING, 60, "the reply to play")
@@ -174,6 +179,50 @@ def test_barge_ins_after_which_the_engine_hears_nobody_turn_the_app_half_duplex(
     pump(qtbot, lambda: confide.barge_in_detector.half_duplex, CONFIRM_S + 5, "half-duplex")
     assert "half-duplex" in confide.window.hands_free_box.text()
     assert "echo is getting through" in confide.window.message_label.text()
+
+
+def test_its_own_voice_heard_through_the_speakers_is_never_answered(confide, qtbot, pulse_audio):
+    """Open speakers with echo cancellation off, and the detector's verdict forced as the echo would force
+    it: the reply stops, the engine hears the held-back second of it through the real echo path and
+    transcribes the reply's own words. The app drops that turn (in the engine, the history and the window)
+    and stops the answer the engine began; a second time in a row, it falls back to half-duplex."""
+    from tests.harness.echo_path import acoustic_echo
+
+    question = "Tell me a long story about a lighthouse keeper, in many sentences."
+    confide.controller.set_hands_free(True)
+    pump(qtbot, lambda: confide.controller.state is AppState.LISTENING, 10, "listening")
+    confide.echo_canceller.configure(enabled=False, noise_suppression=False)
+    fooled = threading.Event()
+
+    def feed(chunk):  # the raw echo would fool it at once: it is fooled once, 1.5 s into each reply
+        if fooled.is_set():
+            fooled.clear()
+            return True
+        return False
+
+    confide.barge_in_detector.feed = feed
+    dropped: list[str] = []
+    confide.controller.spoken_turn_heard.connect(lambda item_id, own: own and dropped.append(item_id))
+    with acoustic_echo(pulse_audio, latency_ms=60, gain_db=-6.0):
+        for attempt in range(1, IN_A_ROW + 1):
+            confide.controller.submit_text(question)
+            pump(qtbot, lambda: confide.controller.state is AppState.SPEAKING, 60, "the reply to play")
+            qtbot.wait(1500)  # the held-back second is all reply
+            fooled.set()
+            pump(qtbot, lambda: confide.controller.state is not AppState.SPEAKING, 10, "the barge-in")
+            pump(qtbot, lambda: len(dropped) == attempt, 30, "the engine to hear the reply's own words")
+            if attempt < IN_A_ROW:
+                assert "own voice" in confide.window.message_label.text()
+                assert confide.self_interruptions.in_a_row == attempt
+            qtbot.wait(1500)
+            assert confide.controller.state is AppState.LISTENING  # nothing answers its own voice
+    assert confide.barge_in_detector.half_duplex
+    assert "half-duplex" in confide.window.hands_free_box.text()
+    user_turns = [t.text for t in confide.history.turns if t.role == "user"]
+    assert user_turns == [question] * IN_A_ROW
+    assert [e.text for e in confide.window.transcript_entries() if e.role == "user"] == [question] * IN_A_ROW
+    answered = [t for t in confide.history.turns if t.role == "assistant" and t.text and not t.interrupted]
+    assert not answered, answered
 
 
 def test_screen_question_is_answered_from_the_screen(confide, qtbot):

@@ -7,6 +7,8 @@ them); the same controller drives the real engine, devices and desktop in test_a
 from __future__ import annotations
 
 import itertools
+import time
+import types
 
 import pytest
 
@@ -419,3 +421,95 @@ def test_a_user_transcript_that_comes_after_the_reply_is_saved_before_it(qtbot):
     rig.event("conversation.item.input_audio_transcription.completed", item_id="item_u", transcript="Will it rain?")
     # The history puts it after the item before it in the engine's conversation (test_history.py).
     assert rig.history.placed_after["item_u"] == "item_a"
+
+
+# --- its own voice, heard through the speakers ---------------------------------------------------------
+
+STORY = "The lighthouse keeper climbed the hundred steps every evening and lit the great lamp."
+HEARD = "The lighthouse keeper climbed the hundred steps"
+
+
+def _spoken_turns(rig: Rig) -> list[tuple]:
+    heard: list[tuple] = []
+    rig.controller.spoken_turn_heard.connect(lambda *args: heard.append(args))
+    return heard
+
+
+def _heard_until_cut(rig: Rig, response_id: str, text: str = HEARD) -> None:
+    rig.event("conversation.item.retrieved", item={"id": f"item_{response_id}",
+                                                   "content": [{"type": "output_audio", "transcript": text}]})
+
+
+def test_a_turn_of_the_last_words_heard_is_dropped_and_its_answer_stopped(qtbot):
+    rig = in_idle()
+    rig.controller.set_hands_free(True)
+    heard = _spoken_turns(rig)
+    story = rig.reply_arrives(STORY)
+    rig.controller.barge_in(story, 0.0)  # the echo fooled the local detector
+    rig.event("input_audio_buffer.speech_started", audio_start_ms=0, item_id="item_echo")
+    _heard_until_cut(rig, story)
+    rig.event("conversation.item.input_audio_transcription.delta", item_id="item_echo", delta="climbed the")
+    rig.event("input_audio_buffer.speech_stopped", audio_end_ms=900, item_id="item_echo")
+    rig.event("conversation.item.input_audio_transcription.completed", item_id="item_echo",
+              transcript="I climbed the hundred steps")
+    assert {"type": "conversation.item.delete", "item_id": "item_echo"} in rig.engine.sent
+    assert heard == [("item_echo", True)] and "own voice" in rig.messages[-1][0]
+    assert "item_echo" not in rig.history.turns
+    rig.event("conversation.item.input_audio_transcription.delta", item_id="item_echo", delta=" every")
+    answer = rig.reply_arrives("Yes, the hundred steps.")  # the answer the engine started: cut when announced
+    assert answer in rig.speaker.cancelled and rig.state is AppState.LISTENING
+    assert {"type": "response.cancel", "response_id": answer} in rig.engine.sent
+
+
+def test_an_answer_already_playing_is_stopped_and_a_reply_played_out_counts_too(qtbot):
+    rig = in_idle()
+    rig.controller.set_hands_free(True)
+    story = rig.reply_arrives(STORY)
+    rig.event("input_audio_buffer.speech_started", audio_start_ms=0, item_id="item_echo")  # the engine cut it
+    rig.event("response.done", response={"id": story, "status": "cancelled"})
+    _heard_until_cut(rig, story)
+    answer = rig.reply_arrives("Every evening.")
+    rig.event("conversation.item.input_audio_transcription.completed", item_id="item_echo",
+              transcript="the hundred steps")
+    assert answer in rig.speaker.cancelled and rig.state is AppState.LISTENING
+    # A reply heard to its end: its last words, straight after, are its echo as well.
+    last = rig.reply_arrives(STORY)
+    rig.event("response.done", response={"id": last, "status": "completed"})
+    rig.controller.playback_drained(last)
+    rig.event("input_audio_buffer.speech_started", audio_start_ms=0, item_id="item_tail")
+    rig.event("conversation.item.input_audio_transcription.completed", item_id="item_tail",
+              transcript="and lit the great lamp")
+    assert "item_tail" not in rig.history.turns
+
+
+def test_the_persons_words_over_a_reply_are_a_turn_and_so_are_its_words_said_later(qtbot, monkeypatch):
+    import app.controller as controller_module
+
+    rig = in_idle()
+    rig.controller.set_hands_free(True)
+    heard = _spoken_turns(rig)
+    story = rig.reply_arrives(STORY)
+    rig.controller.barge_in(story, 0.0)
+    rig.event("input_audio_buffer.speech_started", audio_start_ms=0, item_id="item_person")
+    _heard_until_cut(rig, story)
+    rig.event("conversation.item.input_audio_transcription.completed", item_id="item_person",
+              transcript="wait, how many steps were there")
+    assert heard == [("item_person", False)] and rig.history.turns["item_person"][1] == "wait, how many steps were there"
+    # The last words heard, but said long after the reply went quiet: the person quoting it.
+    later = time.monotonic() + controller_module.OWN_VOICE_WINDOW_S + 1
+    monkeypatch.setattr(controller_module, "time", types.SimpleNamespace(monotonic=lambda: later))
+    rig.event("input_audio_buffer.speech_started", audio_start_ms=0, item_id="item_quote")
+    rig.event("conversation.item.input_audio_transcription.completed", item_id="item_quote",
+              transcript="climbed the hundred steps")
+    assert heard[-1] == ("item_quote", False) and "item_quote" in rig.history.turns
+
+
+def test_push_to_talk_never_takes_a_turn_for_its_own_voice(qtbot):
+    rig = in_speaking()
+    heard = _spoken_turns(rig)
+    response_id = rig.controller._facts.playing
+    rig.controller.talk_pressed()
+    _heard_until_cut(rig, response_id, "Hello there.")
+    rig.event("input_audio_buffer.speech_started", audio_start_ms=0, item_id="item_u")
+    rig.event("conversation.item.input_audio_transcription.completed", item_id="item_u", transcript="Hello there.")
+    assert heard == [("item_u", False)] and "item_u" in rig.history.turns

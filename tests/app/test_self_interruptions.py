@@ -36,11 +36,23 @@ def test_the_person_heard_after_a_barge_in_breaks_the_row():
     _unheard(counter, clock)
     counter.barge_in()
     clock.now += 0.4
-    counter.speech_heard()  # the engine heard the person
+    counter.speech_heard()  # the engine heard speech
     clock.now += CONFIRM_S
     counter.expire()  # the timer of that barge-in: nothing left to judge
+    assert counter.in_a_row == 1
+    counter.person_heard()  # and its words were the person's
     _unheard(counter, clock)
     assert not failing and counter.in_a_row == 1
+
+
+def test_turns_of_its_own_voice_count_with_unheard_barge_ins():
+    failing, clock = [], Clock()
+    counter = SelfInterruptions(lambda: failing.append(clock.now), clock)
+    _unheard(counter, clock)
+    counter.barge_in()
+    counter.speech_heard()  # the echo was loud enough for the engine too...
+    counter.own_voice_heard()  # ...which heard the reply's own words
+    assert len(failing) == 1 and counter.in_a_row == 0
 
 
 def test_a_timer_that_fires_early_judges_nothing_and_speech_without_a_barge_in_counts_nothing():

@@ -260,6 +260,15 @@ def test_user_partial_is_replaced_by_the_final_transcript(window):
     assert bubble.text_label.text() == "What's the weather in Lyon?"
 
 
+def test_a_dropped_user_turn_leaves_the_transcript(window):
+    window.show_user_final("item_1", "What's the weather in Lyon?")
+    window.show_user_partial("item_echo", "climbed the hundred")  # the assistant's own voice
+    window.drop_user_turn("item_echo")
+    window.drop_user_turn("item_never_shown")
+    assert [(e.role, e.text) for e in window.transcript_entries()] == [(USER, "What's the weather in Lyon?")]
+    assert window.transcript.bubble(USER, "item_echo") is None
+
+
 def test_final_without_partials_and_markup_shown_as_text(window):
     window.show_user_final("item_9", "<b>not bold</b> & fine")
     bubble = window.transcript.bubble(USER, "item_9")
