@@ -90,17 +90,24 @@ class _SavedHistory:
         self._history = history
         self._on_error = on_error
         self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history")
+        self._closed = False
 
     def record(self, role, text, item_id, interrupted=False, had_screenshot=False, after=None) -> None:
         self._history.record(role, text, item_id, interrupted=interrupted, had_screenshot=had_screenshot, after=after)
-        self._saver.submit(self._save)
+        self._save_soon()
 
     def as_conversation_items(self) -> list[dict]:
         return self._history.as_conversation_items()
 
     def clear(self) -> None:
         self._history.clear()
-        self._saver.submit(self._save)
+        self._save_soon()
+
+    def _save_soon(self) -> None:
+        if self._closed:  # an engine event still queued when the app shut down: saved here, still in order
+            self._save()
+        else:
+            self._saver.submit(self._save)
 
     def _save(self) -> None:
         try:
@@ -109,6 +116,7 @@ class _SavedHistory:
             self._on_error(f"The conversation could not be saved: {error}.", True)
 
     def close(self) -> None:
+        self._closed = True
         self._saver.shutdown(wait=True)
 
 

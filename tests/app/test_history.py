@@ -37,6 +37,22 @@ def sample_history(path: Path) -> ConversationHistory:
     return history
 
 
+def test_a_turn_recorded_after_the_app_shut_down_is_saved_too(tmp_path):
+    # An engine event still queued in the event loop at shutdown reaches the controller after the saver
+    # closed (CI: "cannot schedule new futures after shutdown", and the reply's turn lost).
+    from app.confide_app import _SavedHistory
+
+    path = tmp_path / "history.json"
+    errors: list[str] = []
+    saved = _SavedHistory(ConversationHistory(path), lambda text, _error: errors.append(text))
+    saved.record("user", "Wait, stop, that is enough.", "item_u1")
+    saved.close()
+    saved.record("assistant", "All right.", "item_a1")
+    assert [t["text"] for t in json.loads(path.read_text(encoding="utf-8"))["turns"]] == [
+        "Wait, stop, that is enough.", "All right."]
+    assert not errors
+
+
 def test_round_trip(tmp_path):
     path = tmp_path / "data" / "history.json"
     history = sample_history(path)
