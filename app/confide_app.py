@@ -230,7 +230,6 @@ class ConfideApp(QObject):
     def _connect(self) -> None:
         b, c, w, t = self.bridge, self.controller, self.window, self.tray
         b.event.connect(c.engine_event)
-        b.event.connect(self._watch_for_speech)
         b.link_status.connect(self._on_link_status)
         b.engine_ready.connect(lambda url, token: self.link.connect(url, token))
         b.engine_status.connect(self._on_engine_status)
@@ -257,6 +256,7 @@ class ConfideApp(QObject):
         c.conversation_cleared.connect(w.clear_conversation)
         c.message.connect(self._show_message)
         c.hands_free_changed.connect(self._on_hands_free_changed)
+        c.speech_heard.connect(self.self_interruptions.speech_heard)
         c.spoken_turn_heard.connect(self._on_spoken_turn)
         c.muted_changed.connect(w.set_muted)
         c.muted_changed.connect(t.set_muted)
@@ -323,10 +323,6 @@ class ConfideApp(QObject):
             return  # without the engine's turn detection, nothing would say the person spoke
         self.self_interruptions.barge_in()
         QTimer.singleShot(int(CONFIRM_S * 1000) + 50, self.self_interruptions.expire)
-
-    def _watch_for_speech(self, event: dict) -> None:
-        if event.get("type") == "input_audio_buffer.speech_started":
-            self.self_interruptions.speech_heard()
 
     def _on_spoken_turn(self, item_id: str, own_voice: bool) -> None:
         if own_voice:

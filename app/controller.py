@@ -103,6 +103,7 @@ class Controller(QObject):
     screenshot_attached = Signal(bytes)
     conversation_cleared = Signal()
     message = Signal(str, bool)  # text, is_error
+    speech_heard = Signal()  # the engine's turn detection heard speech start
     spoken_turn_heard = Signal(str, bool)  # item_id, it was the reply's own voice (and was dropped)
     hands_free_changed = Signal(bool)
     muted_changed = Signal(bool)
@@ -400,6 +401,7 @@ class Controller(QObject):
             handler(self, event)
 
     def _on_speech_started(self, event: dict) -> None:
+        self.speech_heard.emit()
         self._note_reply_sounding(event.get("item_id"))
         # The engine heard the person over the reply (and stopped it, with interrupt_response); silence
         # the rest here too, in case the local detector missed quieter speech.

@@ -148,21 +148,27 @@ def test_barge_in_silences_the_reply_and_keeps_only_what_was_heard(confide, qtbo
     assert confide.self_interruptions.in_a_row == 0  # the engine heard the person: not the echo's doing
 
 
+def fool_the_detector(app, otherwise) -> threading.Event:
+    """The barge-in detector says "speech" once each time the returned event is set, as if the echo had
+    fooled it; otherwise `otherwise(chunk)` decides (on the capture worker, as MicRouter calls it)."""
+    fooled = threading.Event()
+
+    def feed(chunk):
+        if fooled.is_set():
+            fooled.clear()
+            return True
+        return otherwise(chunk)
+
+    app.barge_in_detector.feed = feed
+    return fooled
+
+
 def test_barge_ins_after_which_the_engine_hears_nobody_turn_the_app_half_duplex(confide, qtbot):
     """The detector's verdict is forced, as if the echo had fooled it; the rest is real: the reply stops,
     the engine listens to the silence after it and hears nobody, twice, and the app falls back and says so."""
     confide.controller.set_hands_free(True)
     pump(qtbot, lambda: confide.controller.state is AppState.LISTENING, 10, "listening")
-    fooled = threading.Event()
-    detector_feed = confide.barge_in_detector.feed
-
-    def feed(chunk):  # on the capture worker, as MicRouter calls it while a reply plays
-        if fooled.is_set():
-            fooled.clear()
-            return True
-        return detector_feed(chunk)
-
-    confide.barge_in_detector.feed = feed
+    fooled = fool_the_detector(confide, confide.barge_in_detector.feed)
     confide.self_interruptions.own_voice_heard()  # one counted in hands-free...
     confide.controller.set_hands_free(False)  # ...ends with it
     confide.controller.set_hands_free(True)
@@ -192,15 +198,7 @@ def test_its_own_voice_heard_through_the_speakers_is_never_answered(confide, qtb
     confide.controller.set_hands_free(True)
     pump(qtbot, lambda: confide.controller.state is AppState.LISTENING, 10, "listening")
     confide.echo_canceller.configure(enabled=False, noise_suppression=False)
-    fooled = threading.Event()
-
-    def feed(chunk):  # the raw echo would fool it at once: it is fooled once, 1.5 s into each reply
-        if fooled.is_set():
-            fooled.clear()
-            return True
-        return False
-
-    confide.barge_in_detector.feed = feed
+    fooled = fool_the_detector(confide, lambda _chunk: False)  # the raw echo would fool it at once
     dropped: list[str] = []
     confide.controller.spoken_turn_heard.connect(lambda item_id, own: own and dropped.append(item_id))
     with acoustic_echo(pulse_audio, latency_ms=60, gain_db=-6.0):
