@@ -8,9 +8,10 @@ queued signals. Reply audio never crosses to the GUI: the link hands it straight
 from __future__ import annotations
 
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 
-from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QCursor
 from PySide6.QtWidgets import QApplication
 
@@ -146,6 +147,9 @@ class ConfideApp(QObject):
         self.barge_in_detector = BargeInDetector(self.voice_activity, self.echo_canceller,
                                                  vad_threshold(settings.conversation.vad_sensitivity))
         self.self_interruptions = SelfInterruptions(on_failing=self._on_echo_failing)
+        # Precise: a coarse timer may fire 5% early, before the engine had its CONFIRM_S to hear anyone.
+        self._barge_in_judge = QTimer(self, singleShot=True, timerType=Qt.TimerType.PreciseTimer,
+                                      timeout=self._judge_barge_in)
         self.microphone = Microphone(settings.audio.input_device, on_audio=self.echo_canceller.process,
                                      on_error=self.bridge.mic_error.emit)
         self.device_watcher = DeviceWatcher(self.bridge.devices_changed.emit)
@@ -322,7 +326,16 @@ class ConfideApp(QObject):
         if not self.controller.hands_free:
             return  # without the engine's turn detection, nothing would say the person spoke
         self.self_interruptions.barge_in()
-        QTimer.singleShot(int(CONFIRM_S * 1000) + 50, self.self_interruptions.expire)
+        if not self._barge_in_judge.isActive():
+            self._judge_barge_in_after(CONFIRM_S)
+
+    def _judge_barge_in_after(self, seconds: float) -> None:
+        self._barge_in_judge.start(math.ceil(seconds * 1000) + 20)
+
+    def _judge_barge_in(self) -> None:
+        left = self.self_interruptions.expire()
+        if left is not None:
+            self._judge_barge_in_after(left)
 
     def _on_spoken_turn(self, item_id: str, own_voice: bool) -> None:
         if own_voice:

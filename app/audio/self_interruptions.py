@@ -24,7 +24,7 @@ IN_A_ROW = 2  # one can be a cough or a word cut short; two in a row are the ech
 class SelfInterruptions:
     """Fed on the GUI thread: each local barge-in, each time the engine hears speech, each spoken turn
     it transcribes (the person's, or the reply's own voice), and `expire` CONFIRM_S after a barge-in (a
-    timer)."""
+    timer, armed again for what `expire` says is left)."""
 
     def __init__(self, on_failing: Callable[[], None], clock: Callable[[], float] = time.monotonic):
         self._on_failing = on_failing
@@ -47,12 +47,18 @@ class SelfInterruptions:
     def own_voice_heard(self) -> None:
         self._count()
 
-    def expire(self) -> None:
-        """A barge-in that waited CONFIRM_S for speech in vain was the echo's."""
-        if self._waiting_since is None or self._clock() - self._waiting_since < CONFIRM_S:
-            return
+    def expire(self) -> float | None:
+        """A barge-in that waited CONFIRM_S for speech in vain was the echo's. Called early (Qt's coarse
+        timers fire up to 5% early: 1.96 s for 2.05 s, measured), it judges nothing and returns the
+        seconds still to wait."""
+        if self._waiting_since is None:
+            return None
+        left = CONFIRM_S - (self._clock() - self._waiting_since)
+        if left > 0:
+            return left
         self._waiting_since = None
         self._count()
+        return None
 
     def _count(self) -> None:
         self.in_a_row += 1
