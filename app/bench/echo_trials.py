@@ -274,10 +274,13 @@ def path_figures(results: dict) -> dict:
         figures[f"doubletalk_detect_rate{suffix}"] = round(
             sum(ms <= DETECT_WITHIN_S * 1000 for ms in times) / max(1, len(trials)), 3)
         figures[f"doubletalk_detected_at_all{suffix}"] = f"{len(times)}/{len(trials)}"
+        # Each trial's, in order: None where never heard, negative where cut before the person spoke (the
+        # rate above is a trial in twelve a step; these say how far a miss was from counting).
+        figures[f"doubletalk_detect_ms_each{suffix}"] = [
+            round(t.detect_ms, 1) if t.detected else None for t in trials]
         early = [t for t in trials if t.detected and t.detect_ms < 0]
         figures[f"doubletalk_cut_before_speech{suffix}"] = len(early)
-        if early:  # how long before the person's first sound, and which signal heard the echo as them
-            figures[f"doubletalk_cut_before_speech_ms{suffix}"] = [t.detect_ms for t in early]
+        if early:  # which signal heard the echo as the person
             figures[f"doubletalk_cut_before_speech_heard_by{suffix}"] = {
                 by: [t.heard_by for t in early].count(by) for by in sorted({t.heard_by for t in early})}
         figures[f"doubletalk_detect_ms_p50{suffix}"] = round(float(np.median(times)), 1) if times else None

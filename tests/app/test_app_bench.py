@@ -105,6 +105,9 @@ def test_a_reduced_echo_cancellation_run_reports_every_figure_for_both_echo_path
         assert path["half_duplex_at_reply"] == (2 if path["false_barge_ins"] == 2 else None), path
         for level in ("", "_minus_6db"):
             assert 0 <= path[f"doubletalk_detect_rate{level}"] <= 1
+            each = path[f"doubletalk_detect_ms_each{level}"]
+            assert len(each) == 1 and path[f"doubletalk_detect_rate{level}"] == (
+                each[0] is not None and 0 <= each[0] <= 300), path
     for key in ("erle_db", "false_bargein_rate", "doubletalk_detect_rate", "doubletalk_detect_ms_p50",
                 "doubletalk_detect_rate_minus_6db", "doubletalk_detect_ms_p50_minus_6db", "aec_cpu_ms_per_10ms"):
         assert key in figures, key
