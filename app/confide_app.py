@@ -198,6 +198,7 @@ class ConfideApp(QObject):
 
     def shutdown(self) -> None:
         self._device_retry.stop()
+        self._barge_in_judge.stop()
         self.standby.stop()
         self.device_watcher.stop()
         self.hotkeys.stop()
