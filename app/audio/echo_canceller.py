@@ -328,6 +328,8 @@ class EchoCanceller:
 
     def _judge_presence(self, moment: float) -> None:
         heard = self._recent_near.last(round(PRESENCE_SPAN_S * PROTOCOL_RATE))
+        if not self._echo_expected_in(len(heard)):
+            return  # a reply just begun after a pause: its echo is not in the span yet, nor evidence against it
         if float(np.dot(heard, heard)) / max(1, len(heard)) < AUDIBLE_ECHO:
             self._echo_present, self._absent_checks = False, ABSENT_CHECKS  # the microphone heard nothing
             return
@@ -361,6 +363,15 @@ class EchoCanceller:
             self._absent_checks += 1
             if self._absent_checks >= ABSENT_CHECKS:
                 self._echo_present = False
+
+    def _echo_expected_in(self, span: int) -> bool:
+        """Whether the speaker played in most of what the microphone's last `span` samples would hold the
+        echo of (read at the echo's delay where known): checks are counted in playback, across replies, so
+        one may fall a few frames into a reply after a pause, and find the microphone silent."""
+        played = self._recent_far.before_last(self._echo_lag or 0, span)
+        frames = played[:len(played) // FRAME * FRAME].reshape(-1, FRAME)
+        active = np.einsum("ij,ij->i", frames, frames) / FRAME >= ACTIVE_REFERENCE
+        return bool(active.mean() >= 0.5) if len(active) else False
 
     @property
     def _excess_reference_lag(self) -> int:
