@@ -30,11 +30,13 @@ class SelfInterruptions:
         self._on_failing = on_failing
         self._clock = clock
         self._waiting_since: float | None = None  # an unconfirmed barge-in
+        self._counted_unheard = False  # the last barge-in was counted as one the engine heard nobody after
         self.in_a_row = 0  # barge-ins the engine heard nobody after, and turns of its own voice, in a row
 
     def barge_in(self) -> None:
         if self._waiting_since is None:
             self._waiting_since = self._clock()
+            self._counted_unheard = False
 
     def speech_heard(self) -> None:
         """The engine heard speech after the barge-in: whose it was, the turn's words will tell
@@ -43,8 +45,13 @@ class SelfInterruptions:
 
     def person_heard(self) -> None:
         self.in_a_row = 0
+        self._counted_unheard = False
 
     def own_voice_heard(self) -> None:
+        if self._counted_unheard:
+            # The engine heard the echo after CONFIRM_S (a slow machine): that barge-in is counted already.
+            self._counted_unheard = False
+            return
         self._count()
 
     def expire(self) -> float | None:
@@ -57,6 +64,7 @@ class SelfInterruptions:
         if left > 0:
             return left
         self._waiting_since = None
+        self._counted_unheard = True
         self._count()
         return None
 
@@ -69,4 +77,5 @@ class SelfInterruptions:
     def forget(self) -> None:
         """Nothing counts from before: a new echo path (another device), or hands-free turned off."""
         self._waiting_since = None
+        self._counted_unheard = False
         self.in_a_row = 0

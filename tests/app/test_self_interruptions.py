@@ -72,3 +72,16 @@ def test_a_timer_that_fires_early_judges_nothing_and_speech_without_a_barge_in_c
     counter.forget()  # another device: nothing counts from before
     _unheard(counter, clock)
     assert not failing and counter.in_a_row == 1
+
+
+def test_its_own_voice_heard_late_after_a_barge_in_counts_that_barge_in_once():
+    """On a slow machine the engine's turn from the echo may start after CONFIRM_S: the barge-in is
+    counted as unheard, and the turn of its own voice that follows is the same event, not a second."""
+    failing, clock = [], Clock()
+    counter = SelfInterruptions(lambda: failing.append(clock.now), clock)
+    _unheard(counter, clock)
+    counter.speech_heard()  # late
+    counter.own_voice_heard()
+    assert counter.in_a_row == 1 and not failing
+    counter.own_voice_heard()  # a turn of its own voice with no barge-in before it counts
+    assert len(failing) == 1
